@@ -1,0 +1,90 @@
+"""generate.py — put the customized person into new videos.
+
+    video = decode( solve the backbone's sampler from noise, conditioned on the prompt, with the LoRA on )
+
+Loads a backbone (model.py), optionally a MagicID LoRA written by train.py, and writes for every
+prompt an mp4 and a PNG contact sheet of its frames to --out. Prompts name the person with the same
+token the LoRA was trained with (train.py's --token, "sks" by default): "a sks person surfing".
+
+    python generate.py --model tiny --prompt "a person walking" --out /tmp/g          # offline, CPU
+    python generate.py --lora runs/me/magicid_lora --prompt "a sks person surfing"   # Wan2.1-1.3B, GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+from tqdm import tqdm
+
+import media
+from model import ModelLoadError, add_model_args, load_model_from_args
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(parser)
+    parser.add_argument("--lora", default=None, help="LoRA folder from train.py (default: the base model)")
+    parser.add_argument("--prompt", action="append", default=[], help="a prompt; repeat the flag for several")
+    parser.add_argument("--prompts", default=None, help="text file, one prompt per line")
+    parser.add_argument("--negative-prompt", default="", help="what to steer away from (classifier-free guidance)")
+    parser.add_argument("--frames", type=int, default=None, help="frames per video, 4k+1 (default: the model's)")
+    parser.add_argument("--height", type=int, default=None, help="pixels, multiple of 16 (default: the model's)")
+    parser.add_argument("--width", type=int, default=None, help="pixels, multiple of 16 (default: the model's)")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first video; video i uses seed + i")
+    parser.add_argument("--videos-per-prompt", type=int, default=1, help="videos per prompt (seeds differ)")
+    parser.add_argument("--out", default="outputs", help="folder for the mp4s and contact sheets")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> list[str]:
+    args = parse_args(argv)
+    prompts = read_prompts(args.prompt, args.prompts)
+    try:
+        model = load_model_from_args(args)
+        if args.lora:
+            model.load_lora(args.lora, name="default")
+    except ModelLoadError as error:
+        sys.exit(f"error: {error}")
+
+    try:  # fail on a bad size now, not after the first video
+        model.check_video_size(args.frames, args.height, args.width)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    written = []
+    jobs = [(p, args.seed + k * len(prompts) + i) for k in range(args.videos_per_prompt) for i, p in enumerate(prompts)]
+    for prompt, seed in tqdm(jobs, desc="generating", unit="video"):
+        videos, _ = model.sample([prompt], frames=args.frames, height=args.height, width=args.width,
+                                 steps=args.steps, guidance=args.guidance, seed=[seed],
+                                 negative_prompt=args.negative_prompt)
+        stem = os.path.join(args.out, f"{slug(prompt)}_seed{seed}")
+        media.write_video(stem + ".mp4", videos[0], fps=model.defaults.fps)
+        media.write_png(stem + ".png", media.contact_sheet(videos[0]))
+        written.append(stem + ".mp4")
+    print(f"wrote {len(written)} video(s) to {os.path.abspath(args.out)}")
+    return written
+
+
+def read_prompts(inline: list[str], prompts_file: str | None) -> list[str]:
+    prompts = list(inline)
+    if prompts_file:
+        if not os.path.isfile(prompts_file):
+            sys.exit(f"error: prompts file {prompts_file!r} does not exist")
+        with open(prompts_file, encoding="utf-8") as handle:
+            prompts += [line.strip() for line in handle if line.strip() and not line.startswith("#")]
+    if not prompts:
+        sys.exit('error: give at least one --prompt "..." or a --prompts file')
+    return prompts
+
+
+def slug(text: str, length: int = 48) -> str:
+    """A file-name-safe stem of a prompt: 'A sks person, surfing!' -> 'a_sks_person_surfing'."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:length] or "video"
+
+
+if __name__ == "__main__":
+    main()

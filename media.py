@@ -1,0 +1,65 @@
+"""media.py — videos and images in and out of files, in one array convention.
+
+Every video in magicid is a numpy uint8 array [F, H, W, 3] (RGB). This file turns them into mp4
+files (H.264 through imageio's bundled ffmpeg), reads mp4/gif/image files back, and lays frames out
+as a PNG contact sheet for people (and reports) to look at.
+
+Exports: write_video, read_video, contact_sheet, write_png.
+"""
+
+from __future__ import annotations
+
+import os
+
+import imageio.v3 as iio
+import numpy as np
+from PIL import Image
+
+
+def write_video(path: str, video: np.ndarray, fps: int) -> None:
+    """video: uint8 [F, H, W, 3] -> an mp4 (or gif) at `path`, written atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    root, ext = os.path.splitext(path)
+    partial = f"{root}.partial{ext}"
+    if ext == ".mp4":
+        # yuv420p plays everywhere; macro_block_size 1 keeps odd sizes exact instead of resizing them.
+        iio.imwrite(partial, video, fps=fps, codec="libx264", plugin="FFMPEG", macro_block_size=1,
+                    pixelformat="yuv420p", quality=8)
+    else:
+        iio.imwrite(partial, video, duration=1000 / fps, loop=0)
+    os.replace(partial, path)
+
+
+def read_video(path: str) -> np.ndarray:
+    """mp4/gif/png/jpg -> uint8 [F, H, W, 3] (a still image is a 1-frame video)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such video file: {path}")
+    if path.lower().endswith((".png", ".jpg", ".jpeg", ".webp", ".bmp")):
+        frames = np.asarray(Image.open(path).convert("RGB"))
+    else:
+        frames = np.asarray(iio.imread(path, index=None))
+    if frames.ndim == 3:  # a single frame
+        frames = frames[None]
+    if frames.shape[-1] == 4:
+        frames = frames[..., :3]
+    return np.ascontiguousarray(frames.astype(np.uint8))
+
+
+def contact_sheet(video: np.ndarray, columns: int = 8, max_frames: int = 16) -> np.ndarray:
+    """video: uint8 [F, H, W, 3] -> one image [rows·H, columns·W, 3] of evenly spaced frames."""
+    picks = np.linspace(0, len(video) - 1, min(max_frames, len(video))).round().astype(int)
+    frames = video[picks]
+    columns = min(columns, len(frames))
+    rows = -(-len(frames) // columns)
+    _, height, width, _ = frames.shape
+    sheet = np.zeros((rows * height, columns * width, 3), dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        row, col = divmod(i, columns)
+        sheet[row * height:(row + 1) * height, col * width:(col + 1) * width] = frame
+    return sheet
+
+
+def write_png(path: str, image: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(image).save(path)
+

@@ -1,0 +1,448 @@
+"""model.py — one wrapper around a diffusers text-to-video model.
+
+MagicID needs five things from a video diffusion backbone, and every backbone spells them differently:
+
+    latents    x_0 = normalize(VAE.encode(video))                 latents: [B, C, F, H, W]
+    noising    x_t = add_noise(x_0, ε, t)                          flow (Wan):  x_t = (1 − σ)·x_0 + σ·ε,  σ = t/1000
+                                                                   DDPM (CogVideoX): x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε
+    target     y   = target(x_0, ε, t)                             flow: v = ε − x_0;  v-pred: √ᾱ_t·ε − √(1 − ᾱ_t)·x_0
+    prediction ŷ   = f_θ(x_t, t, c)                                the transformer, with or without LoRA adapters
+    sampling   video = decode(ODE/SDE solve from noise, c)         the stock diffusers pipeline
+
+`VideoModel` hides those quirks (latent scaling, layouts, timestep conventions, objectives) so that
+dpo.py, sampling.py and train.py never ask which backbone runs. It also owns the LoRA adapters:
+the trainable one ("default"), a frozen copy that plays the DPO reference, and `adapter(...)` to run
+the network with any one of them (or none) active without copying a single weight.
+
+Backbones: Wan2.1-T2V 1.3B (default) and 14B, CogVideoX 2B/5B, and two offline presets built from
+tiny configs of the same classes: "tiny" (Wan) and "tiny-cogvideox" (see tiny.py).
+
+Exports: VideoModel, ModelLoadError, MODEL_PRESETS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import tiny
+
+# Hub ids of the published checkpoints, by the short names the CLI accepts.
+MODEL_PRESETS = {
+    "wan-1.3b": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+    "wan-14b": "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+    "cogvideox-2b": "THUDM/CogVideoX-2b",
+    "cogvideox-5b": "THUDM/CogVideoX-5b",
+}
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
+
+
+class ModelLoadError(RuntimeError):
+    """A model or LoRA could not be loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class VideoDefaults:
+    """What a backbone was trained to produce; generate.py and train.py start from these."""
+
+    frames: int
+    height: int
+    width: int
+    fps: int
+    steps: int
+    guidance: float
+    max_text_tokens: int
+
+
+DEFAULTS = {
+    "wan": VideoDefaults(frames=81, height=480, width=832, fps=16, steps=30, guidance=5.0, max_text_tokens=512),
+    "cogvideox": VideoDefaults(frames=49, height=480, width=720, fps=8, steps=50, guidance=6.0, max_text_tokens=226),
+    "tiny": VideoDefaults(frames=9, height=128, width=128, fps=8, steps=20, guidance=5.0, max_text_tokens=64),
+}
+
+
+class VideoModel:
+    """A text-to-video pipeline seen through the five operations above, plus LoRA adapters."""
+
+    def __init__(self, pipe, family: str, defaults: VideoDefaults, name: str):
+        self.pipe = pipe
+        self.family = family  # "wan" | "cogvideox": the only place the backbone is named
+        self.defaults = defaults
+        self.name = name
+        self.transformer = pipe.transformer
+        self.vae = pipe.vae
+        self.objective = "flow" if family == "wan" else pipe.scheduler.config.prediction_type
+        if self.objective == "v_prediction":
+            self.objective = "v"
+        elif self.objective == "epsilon":
+            self.objective = "eps"
+        self._trainable_adapters: set[str] = set()
+        self._rotary_cache: dict = {}
+        for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
+            module.requires_grad_(False)
+            module.eval()
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                        vae_dtype: torch.dtype | None = None) -> "VideoModel":
+        """Load a backbone by preset name ("wan-1.3b", "tiny", ...), hub id, or local diffusers folder.
+
+        Only safetensors weights are read and no remote code runs. The VAE stays in `vae_dtype`
+        (default float32: Wan's VAE loses detail in bf16) while the transformer and text encoder use `dtype`.
+        """
+        if name_or_path in tiny.TINY_PRESETS:
+            pipe = tiny.build_tiny_pipeline(name_or_path)
+            family = "cogvideox" if "cogvideox" in name_or_path else "wan"
+            defaults = DEFAULTS["tiny"]
+        else:
+            pipe = _load_diffusers_pipeline(MODEL_PRESETS.get(name_or_path, name_or_path), dtype,
+                                             vae_dtype or torch.float32)
+            family = _family_of(pipe)
+            defaults = DEFAULTS[family]
+        pipe.to(device)
+        for module, wanted in ((pipe.transformer, dtype), (pipe.text_encoder, dtype),
+                               (pipe.vae, vae_dtype or torch.float32)):
+            if module.dtype != wanted:  # from_pretrained already loaded most in `dtype`
+                module.to(wanted)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, family, defaults, name_or_path)
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+    # ------------------------------------------------------------------ text and video <-> latents
+
+    @torch.no_grad()
+    def encode_prompt(self, texts: list[str]) -> torch.Tensor:
+        """texts -> text_emb: [B, L, D], the transformer's cross-attention context."""
+        text_emb, _ = self.pipe.encode_prompt(
+            prompt=list(texts), do_classifier_free_guidance=False,
+            max_sequence_length=self.defaults.max_text_tokens, device=self.device)
+        return text_emb.to(self.dtype)
+
+    @torch.no_grad()
+    def encode_video(self, videos) -> torch.Tensor:
+        """videos: uint8 [B, F, H, W, 3] -> latents: [B, C, f, h, w] in the space the transformer denoises.
+
+        We take the posterior mean, not a sample: cached latents are then a pure function of the video.
+        """
+        videos = torch.as_tensor(np.asarray(videos))
+        _check_video_shape(videos.shape, self.family)
+        pixels = videos.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)  # [B, 3, F, H, W] in [-1, 1]
+        latents = []
+        for clip in pixels:  # one video at a time: the VAE's activations dominate memory
+            posterior = self.vae.encode(clip[None].to(self.device, self.vae.dtype)).latent_dist
+            latents.append(posterior.mode().float())
+        return self._normalize(torch.cat(latents))
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """latents: [B, C, f, h, w] -> videos: uint8 numpy [B, F, H, W, 3]."""
+        videos = []
+        for z in self._denormalize(latents.float()):
+            pixels = self.vae.decode(z[None].to(self.device, self.vae.dtype)).sample  # [1, 3, F, H, W]
+            pixels = pixels[0].float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+            videos.append(pixels.permute(1, 2, 3, 0).cpu().numpy())  # [F, H, W, 3]
+        return np.stack(videos)
+
+    def _normalize(self, z: torch.Tensor) -> torch.Tensor:
+        config = self.vae.config
+        if self.family == "wan":  # per-channel standardisation with the VAE's published statistics
+            mean = torch.tensor(config.latents_mean, device=z.device).view(1, -1, 1, 1, 1)
+            std = torch.tensor(config.latents_std, device=z.device).view(1, -1, 1, 1, 1)
+            return (z - mean) / std
+        return z * config.scaling_factor
+
+    def _denormalize(self, latents: torch.Tensor) -> torch.Tensor:
+        config = self.vae.config
+        if self.family == "wan":
+            mean = torch.tensor(config.latents_mean, device=latents.device).view(1, -1, 1, 1, 1)
+            std = torch.tensor(config.latents_std, device=latents.device).view(1, -1, 1, 1, 1)
+            return latents * std + mean
+        return latents / config.scaling_factor
+
+    # ------------------------------------------------------------------ the training objective
+
+    def sample_timesteps(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training timesteps t: [n] in [0, 1000).
+
+        Flow matching: u ~ U(0, 1) pushed through the sampler's own shift σ = s·u / (1 + (s − 1)·u), so
+        training spends its steps at the noise levels sampling visits. DDPM: t uniform over 0..999.
+        """
+        if self.objective == "flow":
+            u = torch.rand(n, generator=generator, device="cpu")
+            shift = float(self.pipe.scheduler.config.get("flow_shift") or self.pipe.scheduler.config.get("shift") or 1.0)
+            sigma = shift * u / (1 + (shift - 1) * u)
+            return (sigma * 1000).clamp(max=999.0).to(self.device)
+        steps = self.pipe.scheduler.config.num_train_timesteps
+        return torch.randint(0, steps, (n,), generator=generator, device="cpu").float().to(self.device)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t for clean latents x0 [B, ...], noise ε like x0, timesteps t [B]."""
+        if self.objective == "flow":
+            sigma = _per_sample(t.float() / 1000, x0)
+            return (1 - sigma) * x0 + sigma * noise
+        alpha_bar = _per_sample(self._alphas_cumprod(t), x0)
+        return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the network regresses at (x_t, t): flow v = ε − x0, v-pred, or ε."""
+        if self.objective == "flow":
+            return noise - x0
+        if self.objective == "eps":
+            return noise
+        alpha_bar = _per_sample(self._alphas_cumprod(t), x0)
+        return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
+
+    def _alphas_cumprod(self, t: torch.Tensor) -> torch.Tensor:
+        alphas_cumprod = self.pipe.scheduler.alphas_cumprod.to(t.device, torch.float32)
+        return alphas_cumprod[t.long()]
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """f_θ(x_t, t, c): x_t [B, C, F, H, W], t [B], text_emb [B, L, D] -> prediction [B, C, F, H, W] (fp32)."""
+        if self.family == "wan":
+            out = self.transformer(hidden_states=x_t.to(self.dtype), timestep=t, encoder_hidden_states=text_emb,
+                                   return_dict=False)[0]
+            return out.float()
+        # CogVideoX wants [B, F, C, H, W], integer timesteps, and (5B) rotary embeddings for this grid.
+        hidden = x_t.permute(0, 2, 1, 3, 4).to(self.dtype)
+        out = self.transformer(hidden_states=hidden, timestep=t.long(), encoder_hidden_states=text_emb,
+                               image_rotary_emb=self._rotary(x_t.shape), return_dict=False)[0]
+        return out.permute(0, 2, 1, 3, 4).float()
+
+    def _rotary(self, latent_shape):
+        if not self.transformer.config.use_rotary_positional_embeddings:
+            return None
+        _, _, frames, h, w = latent_shape
+        key = (frames, h, w)
+        if key not in self._rotary_cache:
+            scale = self.pipe.vae_scale_factor_spatial
+            self._rotary_cache[key] = self.pipe._prepare_rotary_positional_embeddings(
+                h * scale, w * scale, frames, self.device)
+        return self._rotary_cache[key]
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], frames: int | None = None, height: int | None = None,
+               width: int | None = None, steps: int | None = None, guidance: float | None = None,
+               seed: int | list[int] = 0, negative_prompt: str = "", progress: bool = False):
+        """Generate one video per prompt with the stock pipeline and the active adapters.
+
+        `seed` is one int (video i uses seed + i) or one seed per prompt; the same seed gives the
+        same video on the same device. Returns (videos uint8 [B, F, H, W, 3], latents [B, C, f, h, w]).
+        """
+        d = self.defaults
+        frames, height, width = frames or d.frames, height or d.height, width or d.width
+        _check_video_shape((len(prompts), frames, height, width, 3), self.family)
+        seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        text_emb = self.encode_prompt(prompts)
+        negative_emb = self.encode_prompt([negative_prompt] * len(prompts))
+        # Draw the initial noise on the CPU so a seed means the same video on every device.
+        latent_shape = self._latent_shape(frames, height, width)
+        noise = torch.stack([torch.randn(latent_shape, generator=g) for g in generators])  # [B, C, f, h, w]
+        if self.family == "cogvideox":
+            noise = noise.permute(0, 2, 1, 3, 4)  # the pipeline's own layout [B, f, C, h, w]
+        self.pipe.set_progress_bar_config(disable=not progress)
+        latents = self.pipe(
+            prompt_embeds=text_emb, negative_prompt_embeds=negative_emb, num_frames=frames, height=height,
+            width=width, num_inference_steps=steps or d.steps, guidance_scale=d.guidance if guidance is None else guidance,
+            latents=noise.to(self.device, torch.float32), output_type="latent", return_dict=False)[0]
+        if self.family == "cogvideox":
+            latents = latents.permute(0, 2, 1, 3, 4)
+        latents = latents.float()
+        return self.decode(latents), latents.cpu()
+
+    def check_video_size(self, frames: int | None, height: int | None, width: int | None) -> None:
+        """Raise ValueError unless the VAE can take this size (None: the model's default)."""
+        d = self.defaults
+        _check_video_shape((1, frames or d.frames, height or d.height, width or d.width, 3), self.family)
+
+    def _latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        channels = self.transformer.config.in_channels
+        spatial, temporal = self.pipe.vae_scale_factor_spatial, self.pipe.vae_scale_factor_temporal
+        return channels, (frames - 1) // temporal + 1, height // spatial, width // spatial
+
+    # ------------------------------------------------------------------ LoRA adapters
+
+    def add_lora(self, rank: int, targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
+                 name: str = "default", trainable: bool = True, alpha: float | None = None) -> None:
+        """Attach a fresh LoRA (B = 0, so the output is unchanged) to the attention projections."""
+        from peft import LoraConfig
+
+        config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(targets), init_lora_weights=True)
+        self.transformer.add_adapter(config, adapter_name=name)
+        self._register_adapter(name, trainable)
+
+    def load_lora(self, lora_dir: str, name: str = "default", trainable: bool = False) -> None:
+        """Load a LoRA saved by `save_lora` (or any diffusers LoRA for this backbone) as adapter `name`."""
+        path = os.path.join(lora_dir, LORA_FILE)
+        if not os.path.isfile(path):
+            raise ModelLoadError(f"no LoRA at {lora_dir!r}: expected the file {LORA_FILE} there "
+                                 "(a folder written by train.py or save_lora).")
+        try:
+            self.pipe.load_lora_weights(lora_dir, adapter_name=name)
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise ModelLoadError(f"the LoRA in {lora_dir!r} does not fit model {self.name!r}: {error}") from error
+        self._register_adapter(name, trainable)
+
+    def save_lora(self, lora_dir: str, name: str = "default") -> None:
+        """Write adapter `name` in the diffusers format that a stock pipeline's load_lora_weights reads."""
+        from peft.utils import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(self.transformer, adapter_name=name)
+        state = {key: value.detach().float().cpu().contiguous() for key, value in state.items()}
+        metadata = self.transformer.peft_config[name].to_dict()
+        type(self.pipe).save_lora_weights(lora_dir, transformer_lora_layers=state,
+                                          transformer_lora_adapter_metadata=metadata, safe_serialization=True)
+
+    def lora_parameters(self, name: str = "default") -> list[torch.nn.Parameter]:
+        """The parameters of adapter `name`, in a fixed order (optimizers and checkpoints rely on it)."""
+        tag = f".{name}."
+        return [p for key, p in self.transformer.named_parameters() if "lora_" in key and tag in key]
+
+    @contextlib.contextmanager
+    def adapter(self, name: str | None):
+        """Run with only adapter `name` active (None: the base model, every adapter off).
+
+        This is how DPO gets its frozen reference without a second network: the same weights,
+        another adapter switched on. Which parameters require grad never changes here.
+        """
+        previous = self._active_adapters()
+        self._activate(name)
+        try:
+            yield
+        finally:
+            self._activate(previous)
+
+    def set_adapter(self, name: str | None) -> None:
+        """Make adapter `name` (or none) the one every later call uses."""
+        self._activate(name)
+
+    def _register_adapter(self, name: str, trainable: bool) -> None:
+        if trainable:
+            self._trainable_adapters.add(name)
+            for p in self.lora_parameters(name):  # LoRA weights train in fp32 whatever the backbone's dtype
+                p.data = p.data.float()
+        else:
+            self._trainable_adapters.discard(name)
+        self._activate(name)
+
+    def _active_adapters(self):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in self.transformer.modules():
+            if isinstance(module, BaseTunerLayer):
+                return None if module.disable_adapters else module.active_adapters[0]
+        return None
+
+    def _activate(self, name: str | None) -> None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in self.transformer.modules():
+            if isinstance(module, BaseTunerLayer):
+                if name is None:
+                    module.enable_adapters(False)
+                else:
+                    module.enable_adapters(True)
+                    module.set_adapter(name)
+        # peft ties requires_grad to "active"; we tie it to "trainable" instead, so switching to the
+        # reference adapter for a no-grad forward does not silently change what the optimizer trains.
+        for key, p in self.transformer.named_parameters():
+            if "lora_" in key:
+                p.requires_grad_(any(f".{n}." in key for n in self._trainable_adapters))
+
+    # ------------------------------------------------------------------ speed switches (opt-in)
+
+    def enable_speedups(self, compile_blocks: bool = False, gradient_checkpointing: bool = False,
+                        attention_backend: str | None = None) -> None:
+        """torch.compile each transformer block, checkpoint activations, or pick diffusers' attention kernel."""
+        if gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        if attention_backend:
+            self.transformer.set_attention_backend(attention_backend)
+        if compile_blocks:
+            blocks = getattr(self.transformer, "blocks", None) or self.transformer.transformer_blocks
+            for block in blocks:
+                block.compile()
+
+
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[B] -> [B, 1, 1, ...] broadcastable against `like`, in its dtype and device."""
+    return values.to(like.device, like.dtype).view(-1, *[1] * (like.dim() - 1))
+
+
+def _check_video_shape(shape, family: str) -> None:
+    batch, frames, height, width, channels = shape
+    if channels != 3:
+        raise ValueError(f"videos must be RGB [B, F, H, W, 3], got shape {tuple(shape)}")
+    if (frames - 1) % 4:
+        raise ValueError(f"{family} videos need 4k+1 frames (e.g. 9, 33, 49, 81), got {frames}")
+    if height % 16 or width % 16:
+        raise ValueError(f"height and width must be multiples of 16, got {height}x{width}")
+
+
+def _family_of(pipe) -> str:
+    from diffusers import CogVideoXPipeline, WanPipeline
+
+    if isinstance(pipe, WanPipeline):
+        return "wan"
+    if isinstance(pipe, CogVideoXPipeline):
+        return "cogvideox"
+    raise ModelLoadError(f"{type(pipe).__name__} is not supported: use a Wan2.1-T2V or CogVideoX text-to-video model.")
+
+
+def _load_diffusers_pipeline(name_or_path: str, dtype: torch.dtype, vae_dtype: torch.dtype):
+    from diffusers import DiffusionPipeline
+
+    path = os.path.expanduser(name_or_path)
+    is_hub_id = path.count("/") == 1 and not path.startswith((".", "/")) and not os.path.exists(path)
+    if not os.path.isdir(path) and not is_hub_id:
+        raise ModelLoadError(f"model folder {name_or_path!r} does not exist. Pass a diffusers model folder, "
+                             f"a hub id, one of {sorted(MODEL_PRESETS)}, or --model tiny for an offline run.")
+    try:
+        return DiffusionPipeline.from_pretrained(path, dtype={"default": dtype, "vae": vae_dtype},
+                                                 use_safetensors=True, trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(
+            f"could not load {name_or_path!r}: {error}\nIf this machine is offline, download the model elsewhere and "
+            "pass its folder, or use --model tiny (built locally, no download).") from error
+
+
+# ---------------------------------------------------------------------- the CLI's model flags, shared by every script
+
+def add_model_args(parser) -> None:
+    """--model/--device/--bf16/--compile/--attention-backend, the same in train.py, generate.py and eval.py."""
+    import argparse
+
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default="wan-1.3b",
+                       help=f"preset ({', '.join(sorted(MODEL_PRESETS))}, tiny, tiny-cogvideox), hub id or local "
+                            "diffusers folder; 'tiny' runs offline on a CPU")
+    group.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    group.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                       help="bfloat16 transformer and text encoder (default: on for CUDA, off for CPU)")
+    group.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
+    group.add_argument("--attention-backend", default=None,
+                       help="diffusers attention kernel, e.g. flash, _native_cudnn (default: PyTorch SDPA)")
+
+
+def load_model_from_args(args, gradient_checkpointing: bool = False) -> VideoModel:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    use_bf16 = args.bf16 if args.bf16 is not None else device.startswith("cuda")
+    model = VideoModel.from_pretrained(args.model, dtype=torch.bfloat16 if use_bf16 else torch.float32, device=device)
+    model.enable_speedups(compile_blocks=args.compile, gradient_checkpointing=gradient_checkpointing,
+                          attention_backend=args.attention_backend)
+    return model

@@ -1,0 +1,162 @@
+"""model.py: the tiny presets are real diffusers pipelines, and the wrapper's math is the schedulers' own."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import CogVideoXDDIMScheduler, FlowMatchEulerDiscreteScheduler, WanPipeline
+
+import tiny
+from model import ModelLoadError, VideoModel
+
+
+@pytest.fixture(scope="module")
+def wan():
+    return VideoModel.from_pretrained("tiny")
+
+
+def random_lora(model: VideoModel, name: str, seed: int, rank: int = 4):
+    """A LoRA whose B is not zero, so it changes the output (peft initialises B = 0)."""
+    model.add_lora(rank, name=name)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.lora_parameters(name):
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+
+
+def noisy_inputs(model: VideoModel, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    shape = (2, *model._latent_shape(9, 64, 64))
+    x_t = torch.randn(shape, generator=generator)
+    t = torch.tensor([250.0, 800.0])
+    text_emb = model.encode_prompt(["a person walking", "a dog running"])
+    return x_t, t, text_emb
+
+
+def test_tiny_preset_is_deterministic_and_offline():
+    first, second = tiny.build_tiny_pipeline("tiny"), tiny.build_tiny_pipeline("tiny")
+    assert isinstance(first, WanPipeline)
+    for (name, a), (_, b) in zip(first.transformer.state_dict().items(), second.transformer.state_dict().items()):
+        assert torch.equal(a, b), name
+    ids = first.tokenizer(["héllo"]).input_ids[0]
+    assert ids[-1] == first.tokenizer.eos_token_id and len(ids) == len("héllo".encode()) + 1  # bytes + </s>
+
+
+def test_encode_decode_round_trip_shapes(wan):
+    videos = np.random.default_rng(0).integers(0, 256, (2, 9, 64, 96, 3), dtype=np.uint8)
+    latents = wan.encode_video(videos)
+    assert latents.shape == (2, 16, 3, 8, 12)  # 4x temporal (4k+1 -> k+1), 8x spatial compression
+    decoded = wan.decode(latents)
+    assert decoded.shape == videos.shape and decoded.dtype == np.uint8
+
+
+def test_encode_rejects_frame_counts_the_vae_cannot_take(wan):
+    with pytest.raises(ValueError, match="4k\\+1"):
+        wan.encode_video(np.zeros((1, 8, 64, 64, 3), np.uint8))
+
+
+def test_flow_matching_noise_and_target_match_the_scheduler(wan):
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    x0, noise = torch.randn(2, 16, 3, 8, 8), torch.randn(2, 16, 3, 8, 8)
+    scheduler.set_timesteps(10)
+    for t in scheduler.timesteps:
+        expected = scheduler.scale_noise(x0, t[None], noise)
+        assert torch.allclose(wan.add_noise(x0, noise, t.expand(2)), expected, atol=1e-6)
+    # A perfect prediction (pred = target) must take the scheduler's Euler step from σ straight to x0.
+    scheduler.set_timesteps(1)
+    t = scheduler.timesteps[0]
+    x_t = wan.add_noise(x0, noise, t.expand(2))
+    x0_from_scheduler = scheduler.step(wan.target(x0, noise, t.expand(2)), t, x_t, return_dict=False)[0]
+    assert torch.allclose(x0_from_scheduler, x0, atol=1e-5)
+
+
+def test_v_prediction_noise_and_target_match_the_cogvideox_scheduler():
+    cog = VideoModel.from_pretrained("tiny-cogvideox")
+    assert cog.objective == "v" and isinstance(cog.pipe.scheduler, CogVideoXDDIMScheduler)
+    x0, noise = torch.randn(3, 4, 3, 8, 8), torch.randn(3, 4, 3, 8, 8)
+    t = torch.tensor([0, 517, 999])
+    assert torch.allclose(cog.add_noise(x0, noise, t), cog.pipe.scheduler.add_noise(x0, noise, t), atol=1e-5)
+    assert torch.allclose(cog.target(x0, noise, t), cog.pipe.scheduler.get_velocity(x0, noise, t), atol=1e-5)
+    x_t, _, text_emb = noisy_inputs(cog)
+    assert cog.predict(x_t, torch.tensor([10.0, 900.0]), text_emb).shape == x_t.shape
+
+
+def test_training_timesteps_cover_the_range_with_the_sampler_shift(wan):
+    t = wan.sample_timesteps(20000, torch.Generator().manual_seed(0))
+    assert t.min() >= 0 and t.max() < 1000
+    # shift 3 moves the median noise level from 0.5 to 3·0.5/(1 + 2·0.5) = 0.75
+    assert abs(t.median().item() / 1000 - 0.75) < 0.02
+
+
+def test_disabling_the_adapter_gives_exactly_the_base_output():
+    model = VideoModel.from_pretrained("tiny")
+    x_t, t, text_emb = noisy_inputs(model)
+    with torch.no_grad():
+        base = model.predict(x_t, t, text_emb)
+        random_lora(model, "default", seed=1)
+        with_lora = model.predict(x_t, t, text_emb)
+        with model.adapter(None):
+            disabled = model.predict(x_t, t, text_emb)
+        after = model.predict(x_t, t, text_emb)
+    assert not torch.allclose(with_lora, base, atol=1e-4)
+    assert torch.equal(disabled, base)
+    assert torch.equal(after, with_lora)  # the context restores the adapter
+
+
+def test_switching_to_the_reference_adapter_never_changes_what_trains():
+    model = VideoModel.from_pretrained("tiny")
+    random_lora(model, "default", seed=1)
+    model.add_lora(4, name="reference", trainable=False)
+    model.set_adapter("default")
+    with model.adapter("reference"):
+        assert all(p.requires_grad for p in model.lora_parameters("default"))
+        assert not any(p.requires_grad for p in model.lora_parameters("reference"))
+    assert all(p.requires_grad for p in model.lora_parameters("default"))
+    assert all(p.dtype == torch.float32 for p in model.lora_parameters("default"))
+    x_t, t, text_emb = noisy_inputs(model)
+    with torch.no_grad(), model.adapter("reference"):  # a B = 0 LoRA: the reference is the base model
+        reference = model.predict(x_t, t, text_emb)
+    with torch.no_grad(), model.adapter(None):
+        assert torch.equal(reference, model.predict(x_t, t, text_emb))
+
+
+def test_lora_save_then_load_into_a_fresh_model_reproduces_outputs(tmp_path):
+    trained = VideoModel.from_pretrained("tiny")
+    random_lora(trained, "default", seed=2)
+    trained.save_lora(str(tmp_path))
+    assert (tmp_path / "pytorch_lora_weights.safetensors").is_file()
+    fresh = VideoModel.from_pretrained("tiny")
+    fresh.load_lora(str(tmp_path), name="default")
+    x_t, t, text_emb = noisy_inputs(trained)
+    with torch.no_grad():
+        assert torch.allclose(fresh.predict(x_t, t, text_emb), trained.predict(x_t, t, text_emb), atol=1e-5)
+    # ...and a stock diffusers pipeline reads the same file.
+    stock = tiny.build_tiny_pipeline("tiny")
+    stock.load_lora_weights(str(tmp_path))
+    with torch.no_grad():
+        stock_out = stock.transformer(hidden_states=x_t, timestep=t, encoder_hidden_states=text_emb,
+                                      return_dict=False)[0]
+        assert torch.allclose(stock_out, trained.predict(x_t, t, text_emb), atol=1e-5)
+
+
+def test_loading_a_missing_or_foreign_lora_says_what_is_wrong(tmp_path):
+    model = VideoModel.from_pretrained("tiny")
+    with pytest.raises(ModelLoadError, match="no LoRA"):
+        model.load_lora(str(tmp_path / "nowhere"))
+    cog = VideoModel.from_pretrained("tiny-cogvideox")
+    cog.add_lora(4)
+    cog.save_lora(str(tmp_path))
+    with pytest.raises(ModelLoadError, match="does not fit"):
+        model.load_lora(str(tmp_path))
+
+
+def test_missing_model_folder_names_the_offline_preset():
+    with pytest.raises(ModelLoadError, match="--model tiny"):
+        VideoModel.from_pretrained("./no/such/model")
+
+
+def test_same_seed_same_video(wan):
+    first, latents = wan.sample(["a person walking"], frames=5, height=32, width=32, steps=2, seed=[7])
+    second, _ = wan.sample(["a person walking"], frames=5, height=32, width=32, steps=2, seed=[7])
+    third, _ = wan.sample(["a person walking"], frames=5, height=32, width=32, steps=2, seed=[8])
+    assert first.shape == (1, 5, 32, 32, 3) and latents.shape == (1, 16, 2, 4, 4)
+    assert np.array_equal(first, second) and not np.array_equal(first, third)
