@@ -1,0 +1,277 @@
+"""train.py — MagicID end to end: a few photos of one person in, a LoRA that puts them in moving videos out.
+
+The stages (METHOD.md steps 0–6), in the order this file runs them; each is resumable:
+
+  0. references   photos -> face embeddings ē                                        rewards.load_references
+  1. identity     LoRA on static videos of the photos (self-reconstruction baseline):
+                  min E ‖target(x_0, ε, t) − f_θ(x_t, t, "a photo of sks person")‖²  model.py
+  2. repository   K videos per prompt from the initial model (LoRA off) and the identity model (LoRA on),
+                  plus the static videos, each scored with r_id, r_dyn (, r_sem)      sampling.Repository, rewards
+  3. pairs        identity pairs (static-first) and dynamic pairs (Pareto frontier)  sampling.select_*_pairs
+  4. DPO          Diffusion-DPO on identity pairs, then on dynamic pairs; the reference is the identity
+                  model (a frozen copy of its LoRA, no network copy)                dpo.preference_step
+  5. report       base / identity-stage / MagicID rewards on held-out prompts, plots  eval.py, report.py
+
+    python train.py --ref me.jpg --model tiny --out runs/tiny        # offline, CPU, a few minutes
+    python train.py --ref me.jpg --ref me2.jpg --out runs/me         # Wan2.1-1.3B on one 80 GB GPU
+
+Every step's randomness (batch, timestep, noise) is a function of (--seed, stage, step), so a run
+killed at any point and started again with --resume ends with the same LoRA as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import eval as evaluation
+import report
+from checkpoint import Run
+from dpo import BETA, preference_step
+from model import ModelLoadError, add_model_args, load_model_from_args
+from rewards import ID_CALIBRATION, ReferencePhotoError, load_references, make_face_encoder, read_photo, score_videos
+from sampling import Repository, select_dynamic_pairs, select_identity_pairs, static_video, summary
+
+PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+
+# Defaults that differ between a CPU run of the tiny preset and Wan2.1-1.3B on one 80 GB GPU (ours).
+PRESETS = {
+    "tiny": dict(identity_steps=150, dpo_identity_steps=60, dpo_dynamic_steps=60, lr=1e-3, dpo_lr=2e-4,
+                 rank=8, batch_size=2, videos_per_prompt=4, num_prompts=4, static_videos=4,
+                 eval_prompts=3, eval_seeds=3, sample_steps=12, checkpoint_every=25),
+    "gpu": dict(identity_steps=800, dpo_identity_steps=300, dpo_dynamic_steps=300, lr=1e-4, dpo_lr=1e-5,
+                rank=64, batch_size=1, videos_per_prompt=4, num_prompts=20, static_videos=16,
+                eval_prompts=6, eval_seeds=2, sample_steps=30, checkpoint_every=100),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ref", action="append", required=True, help="a photo (or folder of photos) of the person; repeatable")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<first photo's name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice in the run")
+    p.add_argument("--token", default="sks", help="the rare word that names the person in prompts")
+    p.add_argument("--prompts", default=str(PROMPTS_DIR / "train.txt"), help="repository prompts, one per line")
+    p.add_argument("--heldout-prompts", default=str(PROMPTS_DIR / "heldout.txt"), help="evaluation prompts")
+    add_model_args(p)
+    g = p.add_argument_group("schedule (defaults: tiny preset on CPU / Wan on GPU)")
+    g.add_argument("--identity-steps", type=int, help="identity-stage LoRA steps (tiny 150 / gpu 800)")
+    g.add_argument("--dpo-identity-steps", type=int, help="DPO steps on identity pairs (60 / 300)")
+    g.add_argument("--dpo-dynamic-steps", type=int, help="DPO steps on dynamic pairs (60 / 300)")
+    g.add_argument("--rounds", type=int, default=1, help="preference rounds; >1 regenerates the repository with "
+                                                         "the current model (online, ours)")
+    g.add_argument("--lr", type=float, help="identity-stage learning rate (1e-3 / 1e-4)")
+    g.add_argument("--dpo-lr", type=float, help="DPO learning rate (2e-4 / 1e-5)")
+    g.add_argument("--warmup", type=int, default=10, help="linear learning-rate warm-up, steps")
+    g.add_argument("--rank", type=int, help="LoRA rank (8 / 64)")
+    g.add_argument("--batch-size", type=int, help="videos (identity) or pairs (DPO) per step (2 / 1)")
+    g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (25 / 100)")
+    g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations: less memory, ~30%% slower")
+    v = p.add_argument_group("videos")
+    v.add_argument("--frames", type=int, default=None, help="frames per video, 4k+1 (default: the model's)")
+    v.add_argument("--height", type=int, default=None, help="pixels (default: the model's)")
+    v.add_argument("--width", type=int, default=None, help="pixels (default: the model's)")
+    v.add_argument("--sample-steps", type=int, help="denoising steps when generating (12 / 30)")
+    v.add_argument("--static-videos", type=int, help="static videos made from the photos (4 / 16)")
+    v.add_argument("--jitter", type=float, default=0.1, help="static-video crop/scale jitter, fraction of the side")
+    r = p.add_argument_group("repository, rewards and pairs")
+    r.add_argument("--num-prompts", type=int, help="repository prompts used from --prompts (4 / 20)")
+    r.add_argument("--videos-per-prompt", type=int, help="K videos per prompt and model (4 / 4)")
+    r.add_argument("--id-backend", default="auto", choices=["auto", "dlib", "insightface"], help="ID encoder")
+    r.add_argument("--id-model-root", default=None, help="insightface model pack folder")
+    r.add_argument("--delta-id", type=float, default=None, help="identity margin δ_id (default: the backend's calibration)")
+    r.add_argument("--tau-dyn", type=float, default=2.0, help="max |Δr_dyn| of an identity pair, px at 256-px side")
+    r.add_argument("--dyn-margin", type=float, default=0.2, help="relative r_dyn margin of a dynamic pair")
+    r.add_argument("--max-pairs", type=int, default=None, help="keep at most this many pairs per rule")
+    r.add_argument("--max-uses", type=int, default=2, help="times one video may appear in dynamic pairs")
+    d = p.add_argument_group("preference optimization")
+    d.add_argument("--beta", type=float, default=BETA, help="Diffusion-DPO β (see dpo.py for the choice)")
+    d.add_argument("--sft-weight", type=float, default=0.0, help="weight of a denoising loss on winners")
+    e = p.add_argument_group("report")
+    e.add_argument("--eval-prompts", type=int, help="held-out prompts in the report (3 / 6)")
+    e.add_argument("--eval-seeds", type=int, help="seeds per held-out prompt (3 / 2)")
+    args = p.parse_args(argv)
+    preset = PRESETS["tiny" if args.model.startswith("tiny") else "gpu"]
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.out = args.out or str(Path("runs") / Path(args.ref[0]).stem)
+    return args
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    run = Run(args.out, config=vars(args), resume=args.resume)
+    try:
+        # 0. References: the person's face, embedded once.
+        encoder = make_face_encoder(args.id_backend, args.id_model_root)
+        refs = load_references(args.ref, encoder)
+        model = load_model_from_args(args, gradient_checkpointing=args.grad_checkpointing)
+        model.check_video_size(args.frames, args.height, args.width)
+    except (ReferencePhotoError, ModelLoadError, FileNotFoundError, ValueError) as error:
+        sys.exit(f"error: {error}")
+    delta_id = args.delta_id if args.delta_id is not None else ID_CALIBRATION[encoder.name].delta_id
+    run.log("setup", 0, {"id_backend": encoder.describe(), "delta_id": delta_id, "references": len(refs.paths)})
+    person = f"a {args.token} person"
+    train_prompts = read_prompts(args.prompts, person)[:args.num_prompts]
+    heldout_prompts = read_prompts(args.heldout_prompts, person)[:args.eval_prompts]
+    repo = Repository(run.dir / "repository")
+    video = dict(frames=args.frames, height=args.height, width=args.width, steps=args.sample_steps)
+
+    def scored_add(videos, latents, prompts, source, seeds):
+        rows = score_videos(videos, prompts, refs, encoder, fps=model.defaults.fps, progress=False)
+        for clip, z, prompt, seed, row in zip(videos, latents, prompts, seeds, rows):
+            repo.add(z, prompt, source, row, seed, video=clip)
+
+    # 1. Identity stage: static videos of the photos, then a LoRA that reconstructs them.
+    add_static_videos(repo, model, refs, args, read_prompts(PROMPTS_DIR / "identity.txt", person), scored_add)
+    model.add_lora(args.rank, name="default")
+    statics = [e for e in repo.entries() if e["source"] == "static"]
+    text_cache = TextCache(model)
+    run.train("identity", model, args.identity_steps, args.lr, args.warmup, args.checkpoint_every,
+              lambda step: reconstruction_step(model, repo, statics, text_cache, args, run.step_seed("identity", step)))
+    run.save_stage_lora(model, "identity")
+
+    # 2-4. Repository, pairs, preference optimization; later rounds regenerate with the current model.
+    model.load_lora(str(run.dir / "identity_lora"), name="reference", trainable=False)
+    model.set_adapter("default")
+    for round_index in range(args.rounds):
+        build_repository(repo, model, train_prompts, round_index, args, video, scored_add)
+        pairs = select_pairs(repo, args, delta_id)
+        run.write_json(f"pairs_round{round_index}.json", pairs)
+        for rule in ("identity", "dynamic"):
+            stage = f"dpo_{rule}_round{round_index}"
+            steps = getattr(args, f"dpo_{rule}_steps") if pairs[rule]["pairs"] else 0
+            run.train(stage, model, steps, args.dpo_lr, args.warmup, args.checkpoint_every,
+                      lambda step: dpo_step(model, repo, pairs[rule], text_cache, args, run.step_seed(stage, step)))
+        if round_index + 1 < args.rounds:  # online: the next round's reference is this round's result
+            copy_adapter(model, "default", "reference")
+    run.save_stage_lora(model, "magicid")
+
+    # 5. Report: the three models on held-out prompts, and how training went.
+    variants = {"base": None, "identity stage": "reference", "MagicID": "default"}
+    if args.rounds > 1:  # the reference moved; put the identity-stage LoRA back for the comparison
+        model.load_lora(str(run.dir / "identity_lora"), name="identity", trainable=False)
+        variants["identity stage"] = "identity"
+    results = evaluation.evaluate(model, variants, heldout_prompts, args.eval_seeds, refs, encoder, video,
+                                  cache_dir=run.dir / "eval", seed=args.seed + 10_000)
+    model.set_adapter("default")
+    path = report.write_report(run.dir, results, repo, run.read_log(), encoder.describe())
+    print(f"MagicID LoRA: {run.dir / 'magicid_lora'}\nreport: {path}")
+    return run.dir
+
+
+# ---------------------------------------------------------------------- stage 1: identity
+
+def add_static_videos(repo, model, refs, args, captions, scored_add):
+    """--static-videos static videos, cycling over the photos and captions, each with its own jitter."""
+    d = model.defaults
+    frames, height, width = args.frames or d.frames, args.height or d.height, args.width or d.width
+    photos = [read_photo(Path(p)) for p in refs.paths]
+    for i in tqdm(range(args.static_videos), desc="static videos", unit="video"):
+        caption = captions[i % len(captions)]
+        if repo.has(caption, "static", i):
+            continue
+        rng = np.random.default_rng([args.seed, i])
+        clip = static_video(photos[i % len(photos)], frames, height, width, jitter=args.jitter, rng=rng)
+        scored_add(clip[None], model.encode_video(clip[None]), [caption], "static", [i])
+
+
+def reconstruction_step(model, repo, statics, text_cache, args, seed):
+    """The identity stage's loss: plain denoising on static videos (the self-reconstruction baseline)."""
+    rng = np.random.default_rng(seed)
+    picks = [statics[i] for i in rng.integers(0, len(statics), args.batch_size)]
+    x0 = torch.stack([repo.latents(e["id"]) for e in picks]).to(model.device, torch.float32)  # [B, C, F, H, W]
+    text_emb = text_cache([e["prompt"] for e in picks])                                   # [B, L, D]
+    generator = torch.Generator().manual_seed(seed)
+    t = model.sample_timesteps(len(picks), generator)
+    noise = torch.randn(x0.shape, generator=generator).to(model.device)
+    with torch.autocast(model.device.type, torch.bfloat16, enabled=model.dtype == torch.bfloat16):
+        pred = model.predict(model.add_noise(x0, noise, t), t, text_emb)
+    loss = (pred.float() - model.target(x0, noise, t)).pow(2).mean()
+    return loss, {"loss": loss.item()}
+
+
+# ---------------------------------------------------------------------- stages 2-4: repository, pairs, DPO
+
+def build_repository(repo, model, prompts, round_index, args, video, scored_add):
+    """K videos per prompt from the initial model (no LoRA) and from the current one; skip what exists."""
+    sources = [("initial", None), ("finetuned", "default")] if round_index == 0 else [("finetuned", "default")]
+    jobs = [(source, adapter, prompt) for source, adapter in sources for prompt in prompts]
+    for source, adapter, prompt in tqdm(jobs, desc=f"repository round {round_index}", unit="prompt"):
+        seeds = [args.seed + 1000 * round_index + k for k in range(args.videos_per_prompt)]
+        seeds = [s for s in seeds if not repo.has(prompt, source, s)]
+        if not seeds:
+            continue
+        with model.adapter(adapter):
+            videos, latents = model.sample([prompt] * len(seeds), seed=seeds, **video)
+        scored_add(videos, latents, [prompt] * len(seeds), source, seeds)
+
+
+def select_pairs(repo, args, delta_id) -> dict:
+    """Both rules over the whole repository; pairs as video ids plus the prompt each trains on."""
+    table = repo.table()
+    common = dict(delta_id=delta_id, max_pairs=args.max_pairs)
+    identity = select_identity_pairs(table["r_id"], table["r_dyn"], table["prompt"], table["source"],
+                                     tau_dyn=args.tau_dyn, **common)
+    dynamic = select_dynamic_pairs(table["r_id"], table["r_dyn"], table["prompt"], table["source"],
+                                   dyn_margin=args.dyn_margin, max_uses=args.max_uses, **common)
+    ids = table["id"]
+    out = {sel.rule: {"pairs": [[ids[w], ids[l]] for w, l in sel.pairs], "prompts": list(sel.prompts)}
+           for sel in (identity, dynamic)}
+    out["summary"] = summary(identity, dynamic)
+    print(f"pairs: {len(identity.pairs)} identity, {len(dynamic.pairs)} dynamic")
+    return out
+
+
+def dpo_step(model, repo, pairs, text_cache, args, seed):
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(pairs["pairs"]), args.batch_size)
+    batch = {
+        "latents_w": torch.stack([repo.latents(pairs["pairs"][i][0]) for i in picks]),  # [B, C, F, H, W]
+        "latents_l": torch.stack([repo.latents(pairs["pairs"][i][1]) for i in picks]),
+        "text_emb": text_cache([pairs["prompts"][i] for i in picks]),                   # [B, L, D]
+    }
+    autocast = torch.bfloat16 if model.dtype == torch.bfloat16 else None
+    return preference_step(model, batch, beta=args.beta, sft_weight=args.sft_weight,
+                           generator=torch.Generator().manual_seed(seed), autocast_dtype=autocast)
+
+
+def copy_adapter(model, source: str, target: str) -> None:
+    with torch.no_grad():
+        for src, dst in zip(model.lora_parameters(source), model.lora_parameters(target)):
+            dst.copy_(src)
+
+
+class TextCache:
+    """Prompt embeddings computed once per prompt: the text encoder never runs inside a step."""
+
+    def __init__(self, model):
+        self.model, self.cache = model, {}
+
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.cache]
+        if missing:
+            self.cache.update(zip(missing, self.model.encode_prompt(missing)))
+        return torch.stack([self.cache[p] for p in prompts])
+
+
+def read_prompts(path, person: str) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        sys.exit(f"error: prompts file {path} does not exist")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [line.replace("{person}", person) for line in lines if line and not line.startswith("#")]
+    if not prompts:
+        sys.exit(f"error: {path} holds no prompts")
+    return prompts
+
+
+if __name__ == "__main__":
+    main()
