@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -57,7 +58,9 @@ def evaluate(model, variants: dict, prompts: list[str], seeds: int, refs, encode
                    **score_video(videos[0], prompts[p], refs, encoder, model.defaults.fps, clip)}
             if s == 0:
                 media.write_png(str(stem.with_suffix(".png")), media.contact_sheet(videos[0]))
-            stem.with_suffix(".json").write_text(json.dumps(row))
+            partial = stem.with_suffix(".json.partial")  # written whole or not at all: a kill here is resumable
+            partial.write_text(json.dumps(row))
+            os.replace(partial, stem.with_suffix(".json"))
             rows.append(row)
         if s == 0 and p == 0:
             sheets[name] = str(stem.with_suffix(".png"))

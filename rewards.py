@@ -1,0 +1,326 @@
+"""The three rewards of MagicID (METHOD.md, "Rewards"; paper Sec. 3): numpy videos in, numbers out.
+
+A video is uint8 [F, H, W, 3] RGB. With S the sampled frames, e_f the best face's identity
+embedding in frame f and ē = normalize(mean_i e_i) the mean embedding of the N reference photos:
+
+    r_id(v)     = 1/|S| · Σ_{f∈S} 1[face in f] · cos(e_f, ē)            identity, no face counts 0
+    r_dyn(v)    = 1/(F-1) · Σ_f mean(top 5 % of ‖flow(f → f+1)‖)          motion, in px at a 256-px
+                                                                          short side (VBench's statistic)
+    r_sem(v, c) = 1/|S| · Σ_{f∈S} cos(CLIP_image(f), CLIP_text(c))        prompt; off (None) without CLIP
+
+Optical flow is OpenCV's DIS on frames resized to a 256-px short side, so r_dyn is in the same
+units at every resolution. For evaluation, dynamic_reward also gives VBench's yes/no "dynamic
+degree": frames taken at ~8 fps, a pair moves when its statistic exceeds 6·(min(H, W)/256) px
+(= 6 px at our 256-px scale; ×8/fps below 8 fps), the video is dynamic when round(4·n/16) pairs
+move. Identity embeddings come from faces.py (dlib or insightface ArcFace; which one ran is in
+every score). Reference photos are checked at the door: load_references raises one clear
+ReferencePhotoError naming the file and the fix.
+
+Exports: load_references, References, ReferencePhotoError, identity_reward, dynamic_reward,
+prompt_reward, load_clip, score_videos; the pure math: sample_frame_indices, mean_unit_embedding,
+cosine_to_reference, top_fraction_mean, is_dynamic_vbench; from faces.py: make_face_encoder.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from faces import ID_CALIBRATION, FaceEncoder, make_face_encoder  # noqa: F401  (re-exported)
+
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+MIN_PHOTO_SIDE = 64     # px; below this no detector finds a face worth an identity embedding
+FLOW_SHORT_SIDE = 256   # px; r_dyn is measured at this short side (VBench's 256 normalisation)
+TOP_FRACTION = 0.05     # VBench: mean of the largest 5 % flow magnitudes of a frame pair
+
+
+class ReferencePhotoError(ValueError):
+    """A reference photo cannot be used; the message names the file and what to do."""
+
+
+@dataclass
+class References:
+    crops: np.ndarray           # uint8 [N, S, S, 3] aligned face crops, RGB
+    embeddings: np.ndarray      # float32 [N, D] unit rows
+    mean_embedding: np.ndarray  # float32 [D] unit: ē, what r_id compares to
+    backend: str                # the encoder's name; r_id must use the same backend
+    paths: list[str]
+
+
+def load_references(paths, encoder: FaceEncoder) -> References:
+    """Reference photos (files, or folders of image files) -> aligned crops and embeddings.
+    Several faces in a photo: the largest, with a warning. Anything unusable: ReferencePhotoError."""
+    files = _photo_files(paths)
+    faces = [_the_face(path, read_photo(path), encoder) for path in files]
+    embeddings = np.stack([face.embedding for face in faces])  # [N, D]
+    return References(crops=np.stack([face.crop for face in faces]), embeddings=embeddings,
+                      mean_embedding=mean_unit_embedding(embeddings), backend=encoder.name,
+                      paths=[str(p) for p in files])
+
+
+def read_photo(path: Path) -> np.ndarray:
+    """An image file -> uint8 [H, W, 3] RGB, upright per its EXIF orientation; grey, palette,
+    RGBA (on white), CMYK and 16-bit inputs converted."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except FileNotFoundError:
+        raise ReferencePhotoError(f"reference photo not found: {path}. Check the path.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ReferencePhotoError(f"cannot read {path} as an image ({err}). Give a JPEG, PNG, WebP, "
+                                  f"BMP or TIFF photo of the person.") from None
+    return _to_rgb8(img)
+
+
+def identity_reward(video: np.ndarray, refs: References, encoder: FaceEncoder,
+                    num_frames: int = 16) -> IdentityScore:
+    """r_id on `num_frames` evenly spaced frames (all frames if the video is shorter)."""
+    _check_video(video)
+    if refs.backend != encoder.name:
+        raise ValueError(f"references were embedded with {refs.backend!r} but the encoder is "
+                         f"{encoder.name!r}: embeddings of different backends are not comparable; "
+                         f"reload the references with this encoder")
+    frames = sample_frame_indices(len(video), num_frames)                        # [S]
+    emb, found = encoder.embed_faces(video[frames], mean_ref=refs.mean_embedding)  # [S, D], [S]
+    per_frame = cosine_to_reference(emb, found, refs.mean_embedding)             # [S]
+    return IdentityScore(float(per_frame.mean()), per_frame, float(found.mean()), frames,
+                         encoder.describe())
+
+
+@dataclass
+class IdentityScore:
+    reward: float           # r_id
+    per_frame: np.ndarray   # [S] cosine to ē per sampled frame, 0 where no face
+    face_hit_rate: float    # fraction of sampled frames with a face
+    frames: np.ndarray      # [S] indices of the sampled frames
+    backend: str            # which encoder ran
+
+
+def dynamic_reward(video: np.ndarray, fps: float = 16.0, preset: str = "medium") -> DynamicScore:
+    """r_dyn from DIS flow between consecutive frames, plus VBench's dynamic-degree decision.
+    preset: DIS speed/accuracy, "ultrafast" | "fast" | "medium"."""
+    _check_video(video)
+    if len(video) < 2:
+        raise ValueError("dynamic_reward needs a video of at least 2 frames")
+    dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[preset])
+    gray = _frames_for_flow(video)                                    # uint8 [F, h, w], min(h, w) = 256
+    per_pair = _pair_statistics(dis, gray)                            # [F-1]
+    stride = max(1, round(fps / 8))                                   # VBench samples at ~8 fps
+    vbench_pairs = per_pair if stride == 1 else _pair_statistics(dis, gray[::stride])
+    is_dynamic = is_dynamic_vbench(vbench_pairs, len(gray[::stride]), fps)
+    return DynamicScore(float(per_pair.mean()), per_pair, is_dynamic)
+
+
+@dataclass
+class DynamicScore:
+    reward: float          # r_dyn, px at a 256-px short side
+    per_pair: np.ndarray   # [F-1] top-5 % mean flow magnitude of each consecutive pair
+    is_dynamic: bool       # VBench's dynamic-degree decision (evaluation only)
+
+
+def prompt_reward(video: np.ndarray, prompt: str | None, clip: ClipScorer | None = None,
+                  num_frames: int = 8) -> PromptScore:
+    """r_sem: CLIP text-frame cosine, averaged over sampled frames; off without CLIP or prompt."""
+    if clip is None:
+        return PromptScore(None, False, "off: no local CLIP checkpoint given (weight 0)")
+    if not prompt:
+        return PromptScore(None, False, "off: no prompt for this video")
+    import torch
+
+    _check_video(video)
+    frames = sample_frame_indices(len(video), num_frames)
+    inputs = clip.processor(text=[prompt], images=list(video[frames]), return_tensors="pt",
+                            padding=True, truncation=True).to(clip.device)
+    with torch.no_grad():
+        out = clip.model(**inputs)
+    image_emb = out.image_embeds.float().cpu().numpy()   # [S, D]
+    text_emb = out.text_embeds[0].float().cpu().numpy()  # [D]
+    per_frame = cosine_to_reference(image_emb, np.ones(len(frames), bool), text_emb)  # [S]
+    return PromptScore(float(per_frame.mean()), True, f"CLIP {clip.name}", per_frame)
+
+
+@dataclass
+class PromptScore:
+    reward: float | None   # r_sem, None when off
+    enabled: bool
+    reason: str            # which CLIP ran, or why the reward is off
+    per_frame: np.ndarray | None = None  # [S]
+
+
+@dataclass
+class ClipScorer:
+    model: object       # transformers CLIPModel, eval mode
+    processor: object   # its CLIPProcessor
+    device: str
+    name: str
+
+
+def load_clip(path: str | Path, device: str = "cpu") -> ClipScorer:
+    """A local CLIP checkpoint folder (saved by transformers: config, weights, tokenizer,
+    preprocessor). Loaded once; pass the result to prompt_reward / score_videos."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    path = Path(path).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no CLIP checkpoint at {path}: give a folder with config.json, weights, "
+                                f"tokenizer and preprocessor files (e.g. openai/clip-vit-base-patch32 "
+                                f"downloaded beforehand), or leave CLIP out to switch r_sem off")
+    model = CLIPModel.from_pretrained(path).eval().to(device)
+    return ClipScorer(model, CLIPProcessor.from_pretrained(path), device, path.name)
+
+
+def score_videos(videos, prompts, refs: References, encoder: FaceEncoder,
+                 clip: ClipScorer | None = None, fps: float = 16.0, num_frames: int = 16,
+                 progress: bool = True) -> list[dict]:
+    """All three rewards for many videos (an array [B, F, H, W, 3] or an iterable of [F, H, W, 3]),
+    with a progress bar; the models passed in are reused for every video. prompts: a list of
+    strings (or None, then r_sem is off). One dict of plain numbers per video."""
+    from tqdm import tqdm
+
+    total = len(videos) if hasattr(videos, "__len__") else None
+    prompts = [None] * total if prompts is None and total is not None else prompts
+    if prompts is None:
+        raise ValueError("score_videos: give prompts (or pass videos as a list so None can be expanded)")
+    if total is not None and len(prompts) != total:
+        raise ValueError(f"score_videos: {total} videos but {len(prompts)} prompts")
+    rows = []
+    for video, prompt in tqdm(zip(videos, prompts), total=total, disable=not progress,
+                              desc="rewards", unit="video"):
+        ident = identity_reward(video, refs, encoder, num_frames)
+        dyn = dynamic_reward(video, fps)
+        sem = prompt_reward(video, prompt, clip)
+        rows.append({"r_id": ident.reward, "r_dyn": dyn.reward, "r_sem": sem.reward,
+                     "face_hit_rate": ident.face_hit_rate, "is_dynamic": dyn.is_dynamic,
+                     "id_backend": ident.backend, "r_sem_status": sem.reason})
+    return rows
+
+
+# ---- the math: pure functions ------------------------------------------------------------------
+
+def sample_frame_indices(total: int, num: int) -> np.ndarray:
+    """`num` evenly spaced frame indices in [0, total), first and last included, no repeats."""
+    return np.unique(np.linspace(0, total - 1, min(num, total)).round().astype(int))
+
+
+def mean_unit_embedding(embeddings: np.ndarray) -> np.ndarray:
+    """ē = normalize(mean_i e_i / ‖e_i‖): embeddings [N, D] -> [D] float32."""
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    mean = unit.mean(0)
+    return (mean / np.linalg.norm(mean)).astype(np.float32)
+
+
+def cosine_to_reference(emb: np.ndarray, found: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """cos(emb_f, ref) per row where found[f], else 0 (a frame without a face scores 0).
+    emb [F, D], found [F] bool, ref [D] -> [F] float32."""
+    norms = np.linalg.norm(emb, axis=1) * np.linalg.norm(ref)              # [F]
+    cos = np.clip((emb @ ref) / np.where(norms > 0, norms, 1.0), -1.0, 1.0)  # float32 can reach 1 + 1e-7
+    return np.where(found, cos, 0.0).astype(np.float32)
+
+
+def top_fraction_mean(values: np.ndarray, fraction: float = TOP_FRACTION) -> float:
+    """Mean of the largest int(n·fraction) values (at least one), any shape. VBench's per-pair
+    statistic (vbench/dynamic_degree.py, DynamicDegree.get_score: cut_index = int(h·w·0.05))."""
+    flat = np.ravel(values)
+    k = max(1, int(flat.size * fraction))
+    return float(np.partition(flat, flat.size - k)[flat.size - k:].mean())
+
+
+def is_dynamic_vbench(pair_scores, num_frames: int, fps: float) -> bool:
+    """VBench's dynamic-degree decision (Vchitect/VBench, vbench/dynamic_degree.py: set_params,
+    check_move), for pair statistics in px at a 256-px short side over frames taken at ~8 fps.
+    VBench's threshold 6·(min(H, W)/256)·max(1, 8/fps) in native px is 6·max(1, 8/fps) here;
+    the video is dynamic when at least round(4·num_frames/16) pairs exceed it."""
+    threshold = 6.0 * max(1.0, 8.0 / fps)
+    count_needed = round(4 * (num_frames / 16.0))
+    return int(np.sum(np.asarray(pair_scores) > threshold)) >= count_needed
+
+
+# ---- helpers, in the order the entry points above use them -------------------------------------
+
+def _photo_files(paths) -> list[Path]:
+    """Files named directly must exist (read_photo says so otherwise); folders give their images."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+            if not found:
+                raise ReferencePhotoError(f"no image files ({', '.join(sorted(PHOTO_SUFFIXES))}) in the "
+                                          f"folder {path}. Put the person's photos there.")
+            files += found
+        else:
+            files.append(path)
+    if not files:
+        raise ReferencePhotoError("no reference photos given: pass one or more photos of the person "
+                                  "(or a folder of them)")
+    return files
+
+
+def _the_face(path: Path, image: np.ndarray, encoder: FaceEncoder):
+    """The one face of a reference photo: the largest (warning if several), else an error."""
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_PHOTO_SIDE:
+        raise ReferencePhotoError(f"{path} is only {w}×{h} px, too small for a face: use a photo at "
+                                  f"least {MIN_PHOTO_SIDE} px on its short side (ideally a face ≥ 100 px wide)")
+    faces = encoder.find_faces(image, thorough=True)
+    if not faces:
+        raise ReferencePhotoError(f"no face found in {path} ({w}×{h} px, {encoder.name} detector). Use a "
+                                  f"photo with one clearly visible, roughly frontal face at least ~60 px wide")
+    largest = max(faces, key=lambda face: face.area)
+    if len(faces) > 1:
+        bw, bh = largest.box[2] - largest.box[0], largest.box[3] - largest.box[1]
+        warnings.warn(f"{path}: {len(faces)} faces found; using the largest ({bw:.0f}×{bh:.0f} px). "
+                      f"Crop the photo to the person to be sure.", stacklevel=3)
+    return largest
+
+
+def _to_rgb8(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):  # 16-bit / int / float grey
+        grey = np.asarray(img, np.float64)
+        top = 1.0 if grey.max() <= 1.0 and img.mode == "F" else (255.0 if grey.max() <= 255 else 65535.0)
+        grey = np.clip(grey / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))
+
+
+def _check_video(video) -> None:
+    if not (isinstance(video, np.ndarray) and video.dtype == np.uint8 and video.ndim == 4
+            and video.shape[-1] == 3 and len(video) > 0):
+        shape = getattr(video, "shape", None)
+        raise ValueError(f"a video must be a numpy uint8 array [F, H, W, 3] (RGB), got "
+                         f"{type(video).__name__} {getattr(video, 'dtype', '')} {shape}")
+
+
+_DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+                "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+                "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+
+
+def _frames_for_flow(video: np.ndarray) -> np.ndarray:
+    """uint8 [F, H, W, 3] -> grey uint8 [F, h, w] with min(h, w) = 256: the fixed scale that
+    makes flow magnitudes comparable across resolutions."""
+    h, w = video.shape[1:3]
+    scale = FLOW_SHORT_SIDE / min(h, w)
+    size = (round(w * scale), round(h * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return np.stack([cv2.cvtColor(cv2.resize(f, size, interpolation=interp), cv2.COLOR_RGB2GRAY)
+                     for f in video])
+
+
+def _pair_statistics(dis, gray: np.ndarray) -> np.ndarray:
+    """Top-5 % mean flow magnitude for each consecutive pair of gray [n, h, w] -> [n-1]."""
+    stats = []
+    for a, b in zip(gray[:-1], gray[1:]):
+        flow = dis.calc(a, b, None)                                # [h, w, 2] px
+        stats.append(top_fraction_mean(cv2.magnitude(flow[..., 0], flow[..., 1])))  # [h, w]
+    return np.array(stats, np.float32)
