@@ -35,6 +35,7 @@ INSIGHTFACE_ROOT = Path("~/.insightface/models").expanduser()
 # the face scores 1.16, a patch of her flag 0.12); a real but strongly turned face can score lower
 # and is then missed, and its frame counts as one without a face.
 DLIB_MIN_SCORE = 0.15
+MIN_SEARCH_SIDE = 256  # px; smaller frames are upscaled to this long side before the face search
 
 
 @dataclass(frozen=True)
@@ -245,8 +246,12 @@ def dlib_boxes(detector, image: np.ndarray, long_side: int, upsample: int, thoro
     replicated border, which finds tightly cropped faces."""
     import dlib
 
+    # Large frames are searched downscaled (speed); small ones (the tiny preset's 64-128 px) upscaled to
+    # MIN_SEARCH_SIDE, since HOG's 80-px window with one upsampling misses faces under ~40 px.
     scale = min(1.0, long_side / max(image.shape[:2]))
-    small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else image
+    scale = max(scale, MIN_SEARCH_SIDE / max(image.shape[:2]))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=interpolation) if scale != 1 else image
     attempts = [(upsample, 0)]                           # (upsampling, border px)
     if thorough:
         attempts = [(0, 0), (upsample, 0), (upsample + 1, 0), (upsample, max(small.shape[:2]) // 4)]

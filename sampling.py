@@ -15,7 +15,7 @@ reward r_dyn (rewards.py): K videos per prompt from the initial model, K from th
       Pairs are ranked by the normalized gap Δr_id / spread(r_id) + Δr_dyn / spread(r_dyn) and
       the top N are kept, each video used at most m times (m = 2, ours).
 
-Exports: static_video, Repository, pareto_frontier, select_identity_pairs, select_dynamic_pairs,
+Exports: static_video, crop_around_face, Repository, pareto_frontier, select_identity_pairs, select_dynamic_pairs,
 Selection, summary.
 """
 import hashlib
@@ -76,6 +76,24 @@ def _cover_crop(h_in, w_in, aspect):
     if h_in / w_in > aspect:
         return w_in * aspect, float(w_in)
     return float(h_in), h_in / aspect
+
+
+def crop_around_face(image, box, aspect, face_scale=3.0):
+    """Frame a photo around its face (ours): a crop of height face_scale × the face's height and
+    height / width = aspect, centred on the face and shifted (then shrunk) to stay inside the photo.
+
+    image: uint8 [H, W, 3]; box: (x0, y0, x1, y1) of the face -> uint8 [h, w, 3]. Small videos (the
+    tiny preset's 128 px) otherwise show a whole-body photo's face at a size no detector finds.
+    """
+    h_in, w_in = image.shape[:2]
+    x0, y0, x1, y1 = (float(v) for v in box)
+    crop_h = face_scale * (y1 - y0)
+    crop_w = crop_h / aspect
+    shrink = min(1.0, h_in / crop_h, w_in / crop_w)      # never larger than the photo
+    crop_h, crop_w = crop_h * shrink, crop_w * shrink
+    top = int(round(min(max((y0 + y1) / 2 - crop_h / 2, 0), h_in - crop_h)))
+    left = int(round(min(max((x0 + x1) / 2 - crop_w / 2, 0), w_in - crop_w)))
+    return image[top:top + int(round(crop_h)), left:left + int(round(crop_w))]
 
 
 # ----------------------------------------------------------------------------- the repository

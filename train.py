@@ -35,7 +35,7 @@ from checkpoint import Run
 from dpo import BETA, preference_step
 from model import ModelLoadError, add_model_args, load_model_from_args
 from rewards import ID_CALIBRATION, ReferencePhotoError, load_references, make_face_encoder, read_photo, score_videos
-from sampling import Repository, select_dynamic_pairs, select_identity_pairs, static_video, summary
+from sampling import Repository, crop_around_face, select_dynamic_pairs, select_identity_pairs, static_video, summary
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 
@@ -79,6 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     v.add_argument("--width", type=int, default=None, help="pixels (default: the model's)")
     v.add_argument("--sample-steps", type=int, help="denoising steps when generating (12 / 30)")
     v.add_argument("--static-videos", type=int, help="static videos made from the photos (4 / 16)")
+    v.add_argument("--face-framing", type=float, default=3.0,
+                   help="static videos show the photo cropped to this many face heights (0: the whole photo)")
     v.add_argument("--jitter", type=float, default=0.1, help="static-video crop/scale jitter, fraction of the side")
     r = p.add_argument_group("repository, rewards and pairs")
     r.add_argument("--num-prompts", type=int, help="repository prompts used from --prompts (4 / 20)")
@@ -130,7 +132,7 @@ def main(argv=None) -> Path:
             repo.add(z, prompt, source, row, seed, video=clip)
 
     # 1. Identity stage: static videos of the photos, then a LoRA that reconstructs them.
-    add_static_videos(repo, model, refs, args, read_prompts(PROMPTS_DIR / "identity.txt", person), scored_add)
+    add_static_videos(repo, model, refs, encoder, args, read_prompts(PROMPTS_DIR / "identity.txt", person), scored_add)
     model.add_lora(args.rank, name="default")
     statics = [e for e in repo.entries() if e["source"] == "static"]
     text_cache = TextCache(model)
@@ -169,11 +171,14 @@ def main(argv=None) -> Path:
 
 # ---------------------------------------------------------------------- stage 1: identity
 
-def add_static_videos(repo, model, refs, args, captions, scored_add):
+def add_static_videos(repo, model, refs, encoder, args, captions, scored_add):
     """--static-videos static videos, cycling over the photos and captions, each with its own jitter."""
     d = model.defaults
     frames, height, width = args.frames or d.frames, args.height or d.height, args.width or d.width
     photos = [read_photo(Path(p)) for p in refs.paths]
+    if args.face_framing > 0:  # zoom each photo to its face (the largest, as load_references chose)
+        boxes = [max(encoder.find_faces(photo, thorough=True), key=lambda f: f.area).box for photo in photos]
+        photos = [crop_around_face(photo, box, height / width, args.face_framing) for photo, box in zip(photos, boxes)]
     for i in tqdm(range(args.static_videos), desc="static videos", unit="video"):
         caption = captions[i % len(captions)]
         if repo.has(caption, "static", i):

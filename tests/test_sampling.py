@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sampling import (Repository, pareto_frontier, select_dynamic_pairs,
+from sampling import (crop_around_face, Repository, pareto_frontier, select_dynamic_pairs,
                       select_identity_pairs, static_video, summary)
 
 FRESH_SEEDS = list(range(40)) + [int.from_bytes(os.urandom(4), "little")]   # fixed ones plus one new each run
@@ -297,3 +297,12 @@ def test_summary_reports_pairs_and_reasons_per_rule():
     assert report["identity"]["rejected"]["dyn gap > τ_dyn"] == 3
     assert report["dynamic"]["rejected"]["static video, not a dynamic candidate (videos)"] == 1
     json.dumps(report)                                       # goes into the run report as is
+
+
+def test_crop_around_face_centres_the_face_at_the_requested_size():
+    image = np.zeros((400, 600, 3), np.uint8)
+    crop = crop_around_face(image, (280, 100, 320, 140), aspect=0.5, face_scale=3.0)
+    assert crop.shape[:2] == (120, 240)  # 3 × 40 px tall, twice as wide
+    # a face at the corner: the crop slides to stay inside the photo, and shrinks if it must
+    corner = crop_around_face(image, (0, 0, 200, 200), aspect=1.0, face_scale=3.0)
+    assert corner.shape[:2] == (400, 400)
