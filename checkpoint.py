@@ -35,6 +35,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+import parallel
+
 
 class Run:
     def __init__(self, out: str, config: dict, resume: bool):
@@ -46,47 +48,72 @@ class Run:
         self.state = json.loads(state_file.read_text()) if state_file.exists() else {"done": [], "latest": {}}
         if resume and not state_file.exists():
             print(f"nothing to resume in {self.dir} yet: starting the run from the beginning")
+        parallel.barrier()  # every process has read the state before the main one writes anything
         self.seed = int(config["seed"])
+        self.main = parallel.is_main()  # only the main process writes; the others compute and wait
         self.write_json("config.json", config)
 
     # ------------------------------------------------------------------ the training loop of every stage
 
-    def train(self, stage: str, model, steps: int, lr: float, warmup: int, every: int, step_fn) -> None:
-        """Optimize the trainable adapter ("default") for `steps` steps of step_fn(step) -> (loss, metrics)."""
+    def train(self, stage: str, model, steps: int, batch_size: int, lr: float, warmup: int, every: int,
+              item_loss) -> None:
+        """Optimize the trainable adapter ("default") for `steps` steps.
+
+        Each step's global batch is the items 0..batch_size−1; item_loss(step, i) -> (loss, metrics)
+        computes one. Items are spread over processes (parallel.py) and each one is backpropagated on
+        its own (gradient accumulation), so memory holds one item's activations whatever the batch.
+        """
         params = model.lora_parameters("default")
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         start = self._restore(stage, params, optimizer)
         if stage in self.state["done"] or steps == 0:
             self._finish(stage)
             return
-        for step in tqdm(range(start, steps), desc=stage, unit="step", initial=start, total=steps):
+        rank, world = parallel.rank_and_world()
+        bar = tqdm(range(start, steps), desc=stage, unit="step", initial=start, total=steps, disable=not self.main)
+        for step in bar:
             for group in optimizer.param_groups:
                 group["lr"] = lr * min(1.0, (step + 1) / max(1, warmup))
-            loss, metrics = step_fn(step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            optimizer.zero_grad(set_to_none=False)
+            totals = {}
+            for item in range(rank, batch_size, world):
+                loss, metrics = item_loss(step, item)
+                (loss / batch_size).backward()
+                for key, value in metrics.items():
+                    totals[key] = totals.get(key, 0.0) + value
+            parallel.sum_across([p.grad for p in params])  # Σ over processes of Σ over their items
             grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
+            keys = sorted(totals)
+            means = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=params[0].device)
+            parallel.sum_across([means])
+            metrics = {k: v / batch_size for k, v in zip(keys, means.tolist())}
             self.log(stage, step, {**metrics, "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm.item()})
             if (step + 1) % every == 0 or step + 1 == steps:
                 self._save_checkpoint(stage, step + 1, params, optimizer)
         self._finish(stage)
 
-    def step_seed(self, stage: str, step: int) -> int:
-        """The seed of one step's random draws: a pure function of (run seed, stage, step)."""
-        return (self.seed * 1_000_003 + zlib.crc32(stage.encode()) * 10_007 + step) % 2**63
+    def step_seed(self, stage: str, step: int, item: int = -1) -> int:
+        """The seed of one step's (or one batch item's) random draws: a pure function of its position."""
+        return (self.seed * 1_000_003 + zlib.crc32(stage.encode()) * 10_007 + step * 1_009 + item + 1) % 2**63
 
     # ------------------------------------------------------------------ outputs
 
     def save_stage_lora(self, model, name: str) -> None:
+        if not self.main:
+            parallel.barrier()
+            return
         final = self.dir / f"{name}_lora"
         partial = self.dir / f".{name}_lora.partial"
         shutil.rmtree(partial, ignore_errors=True)
         model.save_lora(str(partial), name="default")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
+        parallel.barrier()
 
     def log(self, stage: str, step: int, metrics: dict) -> None:
+        if not self.main:
+            return
         with open(self.dir / "log.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"stage": stage, "step": step, **metrics}) + "\n")
 
@@ -103,11 +130,15 @@ class Run:
         return list(records.values())
 
     def write_json(self, name: str, obj) -> None:
+        if not self.main:
+            return
         _atomic_write_text(self.dir / name, json.dumps(obj, indent=1, default=float))
 
     # ------------------------------------------------------------------ checkpoints
 
     def _save_checkpoint(self, stage: str, step: int, params, optimizer) -> None:
+        if not self.main:  # every process holds the same weights and moments after the step
+            return
         folder = self.dir / "checkpoints" / stage / f"step-{step:06d}"
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
@@ -147,7 +178,8 @@ class Run:
     def _finish(self, stage: str) -> None:
         if stage not in self.state["done"]:
             self.state["done"].append(stage)
-            self._write_state()
+            if self.main:
+                self._write_state()
 
     def _write_state(self) -> None:
         _atomic_write_text(self.dir / "state.json", json.dumps(self.state, indent=1))

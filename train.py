@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 import eval as evaluation
+import parallel
 import report
 from checkpoint import Run
 from dpo import BETA, preference_step
@@ -133,25 +134,26 @@ def main(argv=None) -> Path:
 
     # 1. Identity stage: static videos of the photos, then a LoRA that reconstructs them.
     add_static_videos(repo, model, refs, encoder, args, read_prompts(PROMPTS_DIR / "identity.txt", person), scored_add)
+    repo = Repository(repo.root)  # every process sees every static video
     model.add_lora(args.rank, name="default")
     statics = [e for e in repo.entries() if e["source"] == "static"]
     text_cache = TextCache(model)
-    run.train("identity", model, args.identity_steps, args.lr, args.warmup, args.checkpoint_every,
-              lambda step: reconstruction_step(model, repo, statics, text_cache, args, run.step_seed("identity", step)))
+    run.train("identity", model, args.identity_steps, args.batch_size, args.lr, args.warmup, args.checkpoint_every,
+              lambda step, item: reconstruction_loss(model, repo, statics, text_cache, args, run, "identity", step, item))
     run.save_stage_lora(model, "identity")
 
     # 2-4. Repository, pairs, preference optimization; later rounds regenerate with the current model.
     model.load_lora(str(run.dir / "identity_lora"), name="reference", trainable=False)
     model.set_adapter("default")
     for round_index in range(args.rounds):
-        build_repository(repo, model, train_prompts, round_index, args, video, scored_add)
+        repo = build_repository(repo, model, train_prompts, round_index, args, video, scored_add)
         pairs = select_pairs(repo, args, delta_id)
         run.write_json(f"pairs_round{round_index}.json", pairs)
         for rule in ("identity", "dynamic"):
             stage = f"dpo_{rule}_round{round_index}"
             steps = getattr(args, f"dpo_{rule}_steps") if pairs[rule]["pairs"] else 0
-            run.train(stage, model, steps, args.dpo_lr, args.warmup, args.checkpoint_every,
-                      lambda step: dpo_step(model, repo, pairs[rule], text_cache, args, run.step_seed(stage, step)))
+            run.train(stage, model, steps, args.batch_size, args.dpo_lr, args.warmup, args.checkpoint_every,
+                      lambda step, item: dpo_loss_of_pair(model, repo, pairs[rule], text_cache, args, run, stage, step, item))
         if round_index + 1 < args.rounds:  # online: the next round's reference is this round's result
             copy_adapter(model, "default", "reference")
     run.save_stage_lora(model, "magicid")
@@ -161,11 +163,12 @@ def main(argv=None) -> Path:
     if args.rounds > 1:  # the reference moved; put the identity-stage LoRA back for the comparison
         model.load_lora(str(run.dir / "identity_lora"), name="identity", trainable=False)
         variants["identity stage"] = "identity"
-    results = evaluation.evaluate(model, variants, heldout_prompts, args.eval_seeds, refs, encoder, video,
-                                  cache_dir=run.dir / "eval", seed=args.seed + 10_000)
-    model.set_adapter("default")
-    path = report.write_report(run.dir, results, repo, run.read_log(), encoder.describe())
-    print(f"MagicID LoRA: {run.dir / 'magicid_lora'}\nreport: {path}")
+    if parallel.is_main():  # the other processes are done: their LoRA is the main one's
+        results = evaluation.evaluate(model, variants, heldout_prompts, args.eval_seeds, refs, encoder, video,
+                                      cache_dir=run.dir / "eval", seed=args.seed + 10_000)
+        model.set_adapter("default")
+        path = report.write_report(run.dir, results, repo, run.read_log(), encoder.describe())
+        print(f"MagicID LoRA: {run.dir / 'magicid_lora'}\nreport: {path}")
     return run.dir
 
 
@@ -179,23 +182,25 @@ def add_static_videos(repo, model, refs, encoder, args, captions, scored_add):
     if args.face_framing > 0:  # zoom each photo to its face (the largest, as load_references chose)
         boxes = [max(encoder.find_faces(photo, thorough=True), key=lambda f: f.area).box for photo in photos]
         photos = [crop_around_face(photo, box, height / width, args.face_framing) for photo, box in zip(photos, boxes)]
-    for i in tqdm(range(args.static_videos), desc="static videos", unit="video"):
+    for i in tqdm(parallel.shard(list(range(args.static_videos))), desc="static videos", unit="video",
+                  disable=not parallel.is_main()):
         caption = captions[i % len(captions)]
         if repo.has(caption, "static", i):
             continue
         rng = np.random.default_rng([args.seed, i])
         clip = static_video(photos[i % len(photos)], frames, height, width, jitter=args.jitter, rng=rng)
         scored_add(clip[None], model.encode_video(clip[None]), [caption], "static", [i])
+    parallel.barrier()
 
 
-def reconstruction_step(model, repo, statics, text_cache, args, seed):
-    """The identity stage's loss: plain denoising on static videos (the self-reconstruction baseline)."""
-    rng = np.random.default_rng(seed)
-    picks = [statics[i] for i in rng.integers(0, len(statics), args.batch_size)]
-    x0 = torch.stack([repo.latents(e["id"]) for e in picks]).to(model.device, torch.float32)  # [B, C, F, H, W]
-    text_emb = text_cache([e["prompt"] for e in picks])                                   # [B, L, D]
-    generator = torch.Generator().manual_seed(seed)
-    t = model.sample_timesteps(len(picks), generator)
+def reconstruction_loss(model, repo, statics, text_cache, args, run, stage, step, item):
+    """The identity stage's loss on one static video: plain denoising (the self-reconstruction baseline)."""
+    picks = np.random.default_rng(run.step_seed(stage, step)).integers(0, len(statics), args.batch_size)
+    video = statics[picks[item]]
+    x0 = repo.latents(video["id"])[None].to(model.device, torch.float32)  # [1, C, F, H, W]
+    text_emb = text_cache([video["prompt"]])                               # [1, L, D]
+    generator = torch.Generator().manual_seed(run.step_seed(stage, step, item))
+    t = model.sample_timesteps(1, generator)
     noise = torch.randn(x0.shape, generator=generator).to(model.device)
     with torch.autocast(model.device.type, torch.bfloat16, enabled=model.dtype == torch.bfloat16):
         pred = model.predict(model.add_noise(x0, noise, t), t, text_emb)
@@ -206,17 +211,24 @@ def reconstruction_step(model, repo, statics, text_cache, args, seed):
 # ---------------------------------------------------------------------- stages 2-4: repository, pairs, DPO
 
 def build_repository(repo, model, prompts, round_index, args, video, scored_add):
-    """K videos per prompt from the initial model (no LoRA) and from the current one; skip what exists."""
+    """K videos per prompt from the initial model (no LoRA) and from the current one; skip what exists.
+
+    Jobs are (source, prompt) batches of K seeds, spread over processes (parallel.shard); each video
+    is its own file, so a process that dies loses at most the batch it was writing.
+    """
     sources = [("initial", None), ("finetuned", "default")] if round_index == 0 else [("finetuned", "default")]
+    all_seeds = [args.seed + 1000 * round_index + k for k in range(args.videos_per_prompt)]
     jobs = [(source, adapter, prompt) for source, adapter in sources for prompt in prompts]
-    for source, adapter, prompt in tqdm(jobs, desc=f"repository round {round_index}", unit="prompt"):
-        seeds = [args.seed + 1000 * round_index + k for k in range(args.videos_per_prompt)]
-        seeds = [s for s in seeds if not repo.has(prompt, source, s)]
+    for source, adapter, prompt in tqdm(parallel.shard(jobs), desc=f"repository round {round_index}",
+                                        unit="prompt", disable=not parallel.is_main()):
+        seeds = [s for s in all_seeds if not repo.has(prompt, source, s)]
         if not seeds:
             continue
         with model.adapter(adapter):
             videos, latents = model.sample([prompt] * len(seeds), seed=seeds, **video)
         scored_add(videos, latents, [prompt] * len(seeds), source, seeds)
+    parallel.barrier()
+    return Repository(repo.root)  # re-read: the other processes' videos are on disk now
 
 
 def select_pairs(repo, args, delta_id) -> dict:
@@ -231,21 +243,21 @@ def select_pairs(repo, args, delta_id) -> dict:
     out = {sel.rule: {"pairs": [[ids[w], ids[l]] for w, l in sel.pairs], "prompts": list(sel.prompts)}
            for sel in (identity, dynamic)}
     out["summary"] = summary(identity, dynamic)
-    print(f"pairs: {len(identity.pairs)} identity, {len(dynamic.pairs)} dynamic")
+    if parallel.is_main():
+        print(f"pairs: {len(identity.pairs)} identity, {len(dynamic.pairs)} dynamic")
     return out
 
 
-def dpo_step(model, repo, pairs, text_cache, args, seed):
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(pairs["pairs"]), args.batch_size)
-    batch = {
-        "latents_w": torch.stack([repo.latents(pairs["pairs"][i][0]) for i in picks]),  # [B, C, F, H, W]
-        "latents_l": torch.stack([repo.latents(pairs["pairs"][i][1]) for i in picks]),
-        "text_emb": text_cache([pairs["prompts"][i] for i in picks]),                   # [B, L, D]
-    }
+def dpo_loss_of_pair(model, repo, pairs, text_cache, args, run, stage, step, item):
+    """The Diffusion-DPO loss of one pair of the step's batch (dpo.preference_step with B = 1)."""
+    picks = np.random.default_rng(run.step_seed(stage, step)).integers(0, len(pairs["pairs"]), args.batch_size)
+    winner, loser = pairs["pairs"][picks[item]]
+    batch = {"latents_w": repo.latents(winner)[None],                     # [1, C, F, H, W]
+             "latents_l": repo.latents(loser)[None],
+             "text_emb": text_cache([pairs["prompts"][picks[item]]])}     # [1, L, D]
     autocast = torch.bfloat16 if model.dtype == torch.bfloat16 else None
-    return preference_step(model, batch, beta=args.beta, sft_weight=args.sft_weight,
-                           generator=torch.Generator().manual_seed(seed), autocast_dtype=autocast)
+    return preference_step(model, batch, beta=args.beta, sft_weight=args.sft_weight, autocast_dtype=autocast,
+                           generator=torch.Generator().manual_seed(run.step_seed(stage, step, item)))
 
 
 def copy_adapter(model, source: str, target: str) -> None:

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--model", "tiny", "--frames", "5", "--height", "64", "--width", "64", "--identity-steps", "8",
          "--dpo-identity-steps", "4", "--dpo-dynamic-steps", "4", "--num-prompts", "2", "--videos-per-prompt", "3",
          "--static-videos", "2", "--eval-prompts", "1", "--eval-seeds", "1", "--sample-steps", "2",
-         "--checkpoint-every", "2", "--rank", "4"]
+         "--checkpoint-every", "2", "--rank", "4", "--dyn-margin", "0.05"]
 
 
 def astronaut(tmp_path) -> str:
