@@ -1,6 +1,7 @@
 """Two processes (torchrun, as `accelerate launch` starts them; gloo on CPU) train exactly like one."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,10 @@ def test_shard_splits_jobs_without_overlap_or_loss():
 
 
 def run(out: Path, launcher: list[str]):
+    # One thread per process in both runs (torchrun's default): a matmul's summation order depends on it.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([*launcher, str(REPO / "train.py"), "--ref", str(REPO / "examples" / "astronaut.jpg"),
-                             "--out", str(out), *QUICK], cwd=REPO, capture_output=True, text=True, timeout=600)
+                             "--out", str(out), *QUICK], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
