@@ -1,26 +1,39 @@
 """eval.py — the paper's comparison: base model vs identity-stage LoRA vs MagicID LoRA, on held-out prompts.
 
 For each model variant v, held-out prompt c and seed s, generate a video and score it (rewards.py):
-    face similarity r_id, face-hit rate, dynamic reward r_dyn, VBench dynamic degree (0/1),
-    temporal consistency (mean cosine between consecutive frames' CLIP image embeddings) and CLIP-T
-    (mean CLIP text–frame cosine) when a local CLIP is given, otherwise "not available" and why.
-Each metric is reported as mean ± 95 % bootstrap interval over prompts × seeds:
-    CI = percentiles 2.5 / 97.5 of mean(resample with replacement of the n scores), 2000 resamples.
-The per-frame ID curve (r_id of each sampled frame, averaged over prompts × seeds) shows whether
-identity fades as the video goes on: the paper's claim is that it does for the baseline, not for MagicID.
+    face similarity r_id (ArcFace or dlib cosine to the mean reference embedding; the backend is named
+    in every table), face-hit rate, dynamic reward r_dyn (px at a 256-px short side), VBench dynamic
+    degree (0/1 per video, so its mean is the fraction of dynamic videos), temporal consistency (mean
+    cosine between consecutive frames' CLIP image embeddings) and CLIP-T (mean CLIP text–frame cosine)
+    when a local CLIP is given, otherwise "not available" and why.
+Each metric is reported as mean ± 95 % percentile-bootstrap interval over the n = prompts × seeds videos:
+    CI = percentiles 2.5 / 97.5 of { mean(n scores drawn with replacement) } over 2000 resamples.
+(With n below ~10 the percentile interval is too narrow: it cannot see spread it has not sampled.)
+The per-frame ID curve (cosine to the reference at each sampled frame position, averaged over prompts ×
+seeds, with its bootstrap CI) shows whether identity fades as the video goes on: the paper's claim is that
+it does for the baseline, not for MagicID; pass --frames longer than training to look for it.
 
     python eval.py --model tiny --ref photo.jpg --lora-baseline runs/x/identity_lora \\
                    --lora-magicid runs/x/magicid_lora --seeds 3 --out runs/x/eval_table
 
-Outputs in --out: table.md, table.csv, rows.csv (every video's numbers), id_curve.png, rewards.png.
+Outputs in --out: table.md, table.csv (mean, CI per model and metric), rows.csv (every video's numbers),
+id_curve.csv and id_curve.png (the ID curve), rewards.png (r_id and r_dyn with CIs), videos/ (per-video
+scores as JSON: a rerun with the same settings reuses them, any change regenerates).
 
-Exports: evaluate (used by train.py's report), summarize, bootstrap_ci, main.
+One identity per call: --ref takes several photos (or a folder) of that one person, and the two LoRAs are
+that person's. For several identities, loop, one run folder each:
+    for who in alice bob; do python eval.py --ref photos/$who --lora-baseline runs/$who/identity_lora \\
+        --lora-magicid runs/$who/magicid_lora --out runs/$who/eval_table; done
+
+Exports: evaluate (used by train.py's report), score_video, temporal_consistency, bootstrap_ci, summarize,
+markdown_table, id_curve_figure, rewards_figure, write_outputs, main.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import sys
@@ -30,38 +43,48 @@ import numpy as np
 from tqdm import tqdm
 
 import media
-from rewards import identity_reward, dynamic_reward, prompt_reward
+from rewards import dynamic_reward, identity_reward, prompt_reward
 
 METRICS = ("r_id", "face_hit_rate", "r_dyn", "dynamic_degree", "temporal_consistency", "clip_t")
+CLIP_METRICS = ("temporal_consistency", "clip_t")
+NO_CLIP = "not available (no local CLIP checkpoint: pass --clip DIR)"
+SEED_STRIDE = 100  # video seed = seed + SEED_STRIDE·prompt + s: more --seeds keeps the first ones' videos
 
 
 def evaluate(model, variants: dict, prompts: list[str], seeds: int, refs, encoder, video: dict,
-             cache_dir: Path, seed: int = 10_000, clip=None) -> dict:
+             cache_dir: Path, seed: int = 10_000, clip=None, setup=None, id_frames: int = 16) -> dict:
     """Generate and score prompts × seeds videos per variant ({name: adapter name or None}).
 
-    Each video's scores are cached as JSON in cache_dir, so an interrupted evaluation resumes.
+    Each video's scores are cached as JSON in cache_dir with everything that made them (model, adapter,
+    prompt, seed, video size, encoders, `setup`: e.g. the LoRA files' hashes); a cached score is reused
+    only when all of that matches, so an interrupted evaluation resumes and a changed one regenerates.
     Returns {"rows": [one dict per video], "summary": summarize(rows), "sheets": {variant: png path}}.
     """
+    if not 1 <= seeds <= SEED_STRIDE:
+        raise ValueError(f"seeds per prompt must be 1..{SEED_STRIDE}, got {seeds}")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"model": model.name, "video": video, "id_encoder": encoder.describe(), "references": refs.paths,
+                "id_frames": id_frames, "clip": clip.name if clip else None, "setup": setup}
     rows, sheets = [], {}
     jobs = [(name, adapter, p, s) for name, adapter in variants.items()
-            for p, prompt in enumerate(prompts) for s in range(seeds)]
+            for p in range(len(prompts)) for s in range(seeds)]
     for name, adapter, p, s in tqdm(jobs, desc="evaluation", unit="video"):
         stem = cache_dir / f"{_slug(name)}_p{p}_s{s}"
-        if stem.with_suffix(".json").exists():
-            rows.append(json.loads(stem.with_suffix(".json").read_text()))
-        else:
+        video_seed = seed + SEED_STRIDE * p + s
+        key = json.loads(json.dumps({**settings, "adapter": adapter, "prompt": prompts[p], "seed": video_seed}))
+        row = _cached_row(stem.with_suffix(".json"), key)
+        if row is None:
             with model.adapter(adapter):
-                videos, _ = model.sample([prompts[p]], seed=[seed + 100 * p + s], **video)
-            row = {"variant": name, "prompt": prompts[p], "seed": seed + 100 * p + s,
-                   **score_video(videos[0], prompts[p], refs, encoder, model.defaults.fps, clip)}
+                videos, _ = model.sample([prompts[p]], seed=[video_seed], **video)
+            row = {"variant": name, "prompt": prompts[p], "seed": video_seed,
+                   **score_video(videos[0], prompts[p], refs, encoder, model.defaults.fps, clip, id_frames)}
             if s == 0:
                 media.write_png(str(stem.with_suffix(".png")), media.contact_sheet(videos[0]))
             partial = stem.with_suffix(".json.partial")  # written whole or not at all: a kill here is resumable
-            partial.write_text(json.dumps(row))
+            partial.write_text(json.dumps({"key": key, "row": row}))
             os.replace(partial, stem.with_suffix(".json"))
-            rows.append(row)
+        rows.append(row)
         if s == 0 and p == 0:
             sheets[name] = str(stem.with_suffix(".png"))
     return {"rows": rows, "summary": summarize(rows, list(variants)), "sheets": sheets}
@@ -85,9 +108,10 @@ def temporal_consistency(video: np.ndarray, clip=None) -> float | None:
         return None
     import torch
 
-    inputs = clip.processor(images=list(video), return_tensors="pt").to(clip.device)
-    with torch.no_grad():
-        emb = clip.model.get_image_features(**inputs).float()        # [F, D]
+    pixels = clip.processor(images=list(video), return_tensors="pt")["pixel_values"].to(clip.device)
+    with torch.no_grad():  # CLIP's image embedding: the pooled vision output through the projection
+        pooled = clip.model.vision_model(pixel_values=pixels).pooler_output
+        emb = clip.model.visual_projection(pooled).double()                # [F, D]
     emb = torch.nn.functional.normalize(emb, dim=-1)
     return float((emb[1:] * emb[:-1]).sum(-1).mean())
 
@@ -104,61 +128,99 @@ def bootstrap_ci(values, resamples: int = 2000, seed: int = 0) -> tuple[float, f
 
 
 def summarize(rows: list[dict], variants: list[str]) -> dict:
-    """{variant: {metric: (mean, low, high) or None when not available}}, plus the mean ID curve."""
+    """{variant: {metric: (mean, low, high) or None when not available, "n": videos, "id_curve": ...}}.
+
+    id_curve: {"position": [S] in [0, 1], "mean", "low", "high": [S]}, the per-frame r_id over prompts × seeds.
+    """
     out = {}
     for name in variants:
         mine = [r for r in rows if r["variant"] == name]
         out[name] = {m: (None if any(r[m] is None for r in mine) else bootstrap_ci([r[m] for r in mine]))
                      for m in METRICS}
         out[name]["n"] = len(mine)
-        out[name]["id_curve"] = np.mean([r["id_per_frame"] for r in mine], axis=0).tolist() if mine else []
+        per_frame = np.array([r["id_per_frame"] for r in mine], float)   # [n, S] (one length: same F per run)
+        bands = [bootstrap_ci(column) for column in per_frame.T] if mine else []  # S × (mean, low, high)
+        out[name]["id_curve"] = {"position": mine[0]["id_frame_positions"] if mine else [],
+                                 **{k: [band[i] for band in bands] for i, k in enumerate(("mean", "low", "high"))}}
     return out
 
 
 def markdown_table(summary: dict, backend: str) -> str:
-    unavailable = "not available (needs --clip: a local CLIP checkpoint)"
-    lines = [f"ID encoder: {backend}. Mean ± 95 % bootstrap CI over prompts × seeds.", "",
+    """The comparison table: one row per model, "mean [low, high]" per metric."""
+    lines = [f"ID encoder: {backend}. Mean [95 % bootstrap CI] over prompts × seeds (n videos per model).", "",
              "| model | n | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
     for name, metrics in summary.items():
-        cells = [unavailable if metrics[m] is None else f"{metrics[m][0]:.3f} [{metrics[m][1]:.3f}, {metrics[m][2]:.3f}]"
+        cells = ["not available ¹" if metrics[m] is None else "{:.3f} [{:.3f}, {:.3f}]".format(*metrics[m])
                  for m in METRICS]
         lines.append(f"| {name} | {metrics['n']} | " + " | ".join(cells) + " |")
+    lines += ["", "r_id: cosine to the mean reference face (0 where no face); r_dyn: flow px at a 256-px short "
+              "side; dynamic_degree: fraction of videos VBench calls dynamic."]
+    if any(metrics[m] is None for metrics in summary.values() for m in CLIP_METRICS):
+        lines.append(f"¹ {NO_CLIP}: temporal_consistency and clip_t are measured with CLIP.")
+    if any(metrics["n"] < 10 for metrics in summary.values()):
+        lines.append("Fewer than 10 videos per model: the bootstrap intervals are optimistic; add --seeds.")
     return "\n".join(lines) + "\n"
 
 
 def id_curve_figure(summary: dict):
-    """A matplotlib figure: mean r_id of each sampled frame against its position in the video, per model."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """A matplotlib figure: mean r_id of each sampled frame (band: 95 % CI) against its position in the video."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for name, metrics in summary.items():
         curve = metrics["id_curve"]
-        ax.plot(np.linspace(0, 1, len(curve)), curve, marker="o", ms=3, label=name)
+        line, = ax.plot(curve["position"], curve["mean"], marker="o", ms=3, label=name)
+        ax.fill_between(curve["position"], curve["low"], curve["high"], color=line.get_color(), alpha=0.2, lw=0)
     ax.set(xlabel="position in the video (0 = first frame, 1 = last)", ylabel="r_id of the frame",
-           title="identity over the video length")
+           title="identity over the video length (band: 95 % CI)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
+def rewards_figure(summary: dict):
+    """r_id and r_dyn per model: the mean with its 95 % bootstrap CI as an error bar."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3))
+    names = list(summary)
+    for ax, metric, label in zip(axes, ("r_id", "r_dyn"), ("r_id (identity)", "r_dyn (motion, px)")):
+        mean, low, high = np.array([summary[name][metric] for name in names]).T  # [models] each
+        ax.errorbar(range(len(names)), mean, yerr=[mean - low, high - mean], fmt="o", capsize=4)
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set(title=label, xlim=(-0.5, len(names) - 0.5))
+    fig.suptitle("mean and 95 % bootstrap CI over prompts × seeds", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def write_outputs(results: dict, out: Path, backend: str) -> None:
+    """table.md, table.csv, rows.csv, id_curve.csv, id_curve.png and rewards.png in `out`."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = results["summary"]
     (out / "table.md").write_text(markdown_table(summary, backend))
     with open(out / "table.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["model", "n"] + [f"{m}_{k}" for m in METRICS for k in ("mean", "ci_low", "ci_high")])
+        writer.writerow(["model", "n", "id_backend"]
+                        + [f"{m}_{k}" for m in METRICS for k in ("mean", "ci_low", "ci_high")])
         for name, metrics in summary.items():
-            cells = [("not available" if metrics[m] is None else f"{v:.6f}") for m in METRICS for v in (metrics[m] or (0, 0, 0))]
-            writer.writerow([name, metrics["n"], *cells])
+            cells = [NO_CLIP if metrics[m] is None else repr(v) for m in METRICS for v in (metrics[m] or (0, 0, 0))]
+            writer.writerow([name, metrics["n"], backend, *cells])
     with open(out / "rows.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["variant", "prompt", "seed", *METRICS, "id_backend"], extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=["variant", "prompt", "seed", *METRICS, "id_backend"],
+                                extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(results["rows"])
-    figure = id_curve_figure(summary)
-    figure.savefig(out / "id_curve.png", dpi=120)
+        writer.writerows({**row, **{m: NO_CLIP for m in METRICS if row[m] is None}} for row in results["rows"])
+    with open(out / "id_curve.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["model", "position", "r_id_mean", "ci_low", "ci_high"])
+        for name, metrics in summary.items():
+            curve = metrics["id_curve"]
+            points = zip(curve["position"], curve["mean"], curve["low"], curve["high"])
+            writer.writerows([name, *point] for point in points)
+    plt = _pyplot()
+    for filename, figure in (("id_curve.png", id_curve_figure(summary)), ("rewards.png", rewards_figure(summary))):
+        figure.savefig(out / filename, dpi=120)
+        plt.close(figure)
 
 
 def main(argv=None) -> Path:
@@ -167,52 +229,101 @@ def main(argv=None) -> Path:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
-    parser.add_argument("--ref", action="append", required=True, help="photo(s) of the person; repeatable")
+    parser.add_argument("--ref", action="append", required=True,
+                        help="photo of the person, or a folder of photos; repeatable (one person per call)")
     parser.add_argument("--lora-baseline", required=True, help="identity-stage LoRA folder (train.py: identity_lora)")
     parser.add_argument("--lora-magicid", required=True, help="MagicID LoRA folder (train.py: magicid_lora)")
     parser.add_argument("--prompts", default=str(Path(__file__).resolve().parent / "prompts" / "heldout.txt"),
-                        help="held-out prompts, one per line; {person} becomes 'a <token> person'")
+                        help="held-out prompts, one per line, # comments; {person} becomes 'a <token> person'")
     parser.add_argument("--token", default="sks", help="the word the LoRAs were trained with")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per prompt")
-    parser.add_argument("--frames", type=int, default=None, help="frames per video (longer than training shows fading)")
-    parser.add_argument("--height", type=int, default=None)
-    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--seeds", type=int, default=3, help=f"seeds per prompt (1..{SEED_STRIDE})")
+    parser.add_argument("--seed", type=int, default=10_000, help="first video seed")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="frames per video, 4k+1 (longer than training shows fading)")
+    parser.add_argument("--height", type=int, default=None, help="video height, px (multiple of 16)")
+    parser.add_argument("--width", type=int, default=None, help="video width, px (multiple of 16)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps")
-    parser.add_argument("--id-backend", default="auto", choices=["auto", "dlib", "insightface"])
+    parser.add_argument("--id-frames", type=int, default=16, help="frames per video scored for r_id and the ID curve")
+    parser.add_argument("--id-backend", default="auto", choices=["auto", "dlib", "insightface"],
+                        help="face encoder for r_id (auto: insightface ArcFace when its model pack is on disk)")
     parser.add_argument("--id-model-root", default=None, help="insightface model pack folder")
-    parser.add_argument("--clip", default=None, help="local CLIP checkpoint folder (enables CLIP-T, temporal consistency)")
-    parser.add_argument("--out", default="eval_out", help="folder for table.md, table.csv, plots")
+    parser.add_argument("--clip", default=None,
+                        help="local CLIP checkpoint folder (enables CLIP-T and temporal consistency)")
+    parser.add_argument("--out", default=None, help="output folder (default: eval_table next to --lora-magicid)")
     args = parser.parse_args(argv)
 
-    for name, folder in (("--lora-baseline", args.lora_baseline), ("--lora-magicid", args.lora_magicid)):
-        if not (Path(folder) / "pytorch_lora_weights.safetensors").is_file():
-            sys.exit(f"error: {name} {folder!r} holds no LoRA (pytorch_lora_weights.safetensors)")
-    prompts_file = Path(args.prompts)
-    if not prompts_file.is_file():
-        sys.exit(f"error: prompts file {prompts_file} does not exist")
-    prompts = [line.strip().replace("{person}", f"a {args.token} person")
-               for line in prompts_file.read_text().splitlines() if line.strip() and not line.startswith("#")]
     try:
+        loras = {"baseline": _lora_file("--lora-baseline", args.lora_baseline),
+                 "magicid": _lora_file("--lora-magicid", args.lora_magicid)}
+        prompts = _read_prompts(Path(args.prompts), args.token)
+        if not 1 <= args.seeds <= SEED_STRIDE:
+            raise ValueError(f"--seeds must be 1..{SEED_STRIDE}, got {args.seeds}")
         encoder = make_face_encoder(args.id_backend, args.id_model_root)
         refs = load_references(args.ref, encoder)
         clip = load_clip(args.clip) if args.clip else None
         model = load_model_from_args(args)
         model.check_video_size(args.frames, args.height, args.width)
-        model.load_lora(args.lora_baseline, name="baseline")
-        model.load_lora(args.lora_magicid, name="magicid")
+        for name, file in loras.items():
+            model.load_lora(str(file.parent), name=name)
     except (ReferencePhotoError, ModelLoadError, FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
     variants = {"base": None, "identity stage": "baseline", "MagicID": "magicid"}
     video = dict(frames=args.frames, height=args.height, width=args.width, steps=args.steps)
-    out = Path(args.out)
-    results = evaluate(model, variants, prompts, args.seeds, refs, encoder, video, out / "videos", clip=clip)
+    out = Path(args.out) if args.out else Path(args.lora_magicid).resolve().parent / "eval_table"
+    setup = {name: hashlib.sha256(file.read_bytes()).hexdigest() for name, file in loras.items()}
+    results = evaluate(model, variants, prompts, args.seeds, refs, encoder, video, out / "videos", seed=args.seed,
+                       clip=clip, setup=setup, id_frames=args.id_frames)
     write_outputs(results, out, encoder.describe())
     print(markdown_table(results["summary"], encoder.describe()))
+    print(f"outputs: {out}")
     return out
 
 
+# ---- helpers, in the order the entry points above use them -------------------------------------
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text.lower())
+
+
+def _cached_row(path: Path, key: dict) -> dict | None:
+    """The cached row at `path` if it was made with exactly `key`, else None (regenerate)."""
+    if not path.exists():
+        return None
+    cached = json.loads(path.read_text())
+    return cached["row"] if cached.get("key") == key else None
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _lora_file(flag: str, folder: str) -> Path:
+    """The LoRA weights file in `folder`, or a FileNotFoundError that says what to pass."""
+    from model import LORA_FILE
+
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{flag} folder {folder!r} does not exist: pass a LoRA folder that train.py wrote "
+                                f"(identity_lora for --lora-baseline, magicid_lora for --lora-magicid)")
+    if not (path / LORA_FILE).is_file():
+        raise FileNotFoundError(f"{flag} folder {folder!r} holds no LoRA ({LORA_FILE}): pass a folder that "
+                                f"train.py or VideoModel.save_lora wrote")
+    return path / LORA_FILE
+
+
+def _read_prompts(path: Path, token: str) -> list[str]:
+    """Held-out prompts, one a line; blank lines and # comments skipped; {person} -> 'a <token> person'."""
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file {str(path)!r} does not exist: give a text file with one prompt "
+                                f"a line, e.g. '{{person}} surfing a big wave'")
+    prompts = [line.strip().replace("{person}", f"a {token} person") for line in path.read_text().splitlines()
+               if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise ValueError(f"prompts file {str(path)!r} holds no prompts: write one prompt a line")
+    return prompts
 
 
 if __name__ == "__main__":
