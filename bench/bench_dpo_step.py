@@ -1,0 +1,286 @@
+"""One Diffusion-DPO step of Wan2.1-1.3B (published config, random weights, bf16), lever by lever.
+
+The step is the one train.py runs: dpo.preference_step (reference forward under no_grad with the frozen
+"reference" adapter, policy forward with the trainable "default" LoRA, r = 64 on the attention
+projections), backward, fused AdamW on the LoRA. One pair = batch 2; latents and text embeddings are
+precomputed (the VAE and text encoder never run inside the step). Levers switch on one at a time:
+bf16 autocast of the fp32 LoRA matmuls, compiled blocks, then fewer checkpointed
+blocks (as few as keep the peak under --memory-gib, found from the measured cost of a block), and the
+same at 81 frames.
+
+Useful MFU = (1 reference forward + 3 policy forwards) of bench/published.py's FLOP formula per
+second, over the bf16 matmul ceiling measured in the same run.
+
+    python bench/bench_dpo_step.py --profile       # GPU, 33 frames 480x832 then 81 frames (~9 minutes)
+    python bench/bench_dpo_step.py --small         # CPU, 2 blocks, tiny video: checks the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch._dynamo
+from torch._functorch import config as functorch_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import published as P  # noqa: E402
+
+import dpo  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", action="store_true", help="2-block model, 9 frames 64x96, on the CPU")
+    parser.add_argument("--frames", type=int, default=33, help="video frames (4k+1)")
+    parser.add_argument("--long-frames", type=int, default=81, help="frames of the long-video rows (0: none)")
+    parser.add_argument("--height", type=int, default=480, help="pixels")
+    parser.add_argument("--width", type=int, default=832, help="pixels")
+    parser.add_argument("--pairs", type=int, default=1, help="preference pairs per step (batch = 2 x pairs)")
+    parser.add_argument("--rank", type=int, default=64, help="LoRA rank")
+    parser.add_argument("--checkpoint-blocks", type=int, default=21, help="checkpointed blocks of the 'syncs' rows")
+    parser.add_argument("--activation-budget", type=float, default=0.3,
+                        help="torch._functorch activation_memory_budget of the 'budget' row (fraction saved)")
+    parser.add_argument("--memory-gib", type=float, default=24, help="peak-memory target of the selective rows")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per row (median)")
+    parser.add_argument("--budget-s", type=float, default=560, help="wall seconds; later rows are skipped past it")
+    parser.add_argument("--attention-backend", default=None,
+                        help="diffusers attention kernel for every row (default: PyTorch SDPA's choice)")
+    parser.add_argument("--rows", default="eager,compiled,long,fp32",
+                        help="row groups to run: eager, compiled (+ selective checkpointing), long, fp32, syncs, "
+                             "budget (compiler-chosen recomputation)")
+    parser.add_argument("--profile", action="store_true", help="print where the GPU time of the best step goes")
+    parser.add_argument("--out", default=None, help="also append the table to this file")
+    args = parser.parse_args()
+    if args.small:
+        args.frames, args.long_frames, args.height, args.width, args.repeats = 9, 13, 64, 96, 2
+    device = "cuda" if torch.cuda.is_available() and not args.small else "cpu"
+    deadline = P.Deadline(args.budget_s)
+    P.configure_dynamo()
+    print(P.environment(), flush=True)
+    ceiling = P.matmul_ceiling() if device == "cuda" else float("nan")
+    print(f"bf16 matmul ceiling: {ceiling:.0f} TFLOP/s", flush=True)
+
+    model = P.build_published(device, torch.bfloat16, small=args.small)
+    model.add_lora(args.rank, name="reference", trainable=False)   # the frozen DPO reference (identity LoRA)
+    model.add_lora(args.rank, name="default")                      # the trainable policy LoRA (fp32)
+    with torch.no_grad():  # random, non-zero LoRAs: never time multiplications by zero
+        for name in ("reference", "default"):
+            for p in model.lora_parameters(name):
+                p.copy_(torch.randn_like(p) * 0.01)
+    optimizer = torch.optim.AdamW(model.lora_parameters("default"), lr=1e-5, fused=device == "cuda")
+    n_blocks = len(model.transformer.blocks)
+
+    rows, state = [], {}
+
+    def measure(label, frames, compiled, backend, autocast, checkpoint_blocks, estimate_s, step_fn=None):
+        """One row: `repeats` timed steps after warm-up (the first step compiles); OOM is a result too."""
+        try:
+            return measure_row(label, frames, compiled, backend, autocast, checkpoint_blocks, estimate_s,
+                               step_fn or dpo.preference_step)
+        except Exception as error:  # one broken lever must not cost the rest of the table
+            traceback.print_exc()
+            rows.append([label, frames, f"error: {type(error).__name__}", "", "", "", "", ""])
+            return None
+
+    def measure_row(label, frames, compiled, backend, autocast, checkpoint_blocks, estimate_s, step_fn):
+        if not deadline.allows(estimate_s):
+            rows.append([label, frames, "skipped: out of time", "", "", "", "", ""])
+            return None
+        P.set_compiled(model, compiled)
+        P.set_attention(model, backend if device == "cuda" else None)
+        model.enable_speedups(gradient_checkpointing=True, checkpoint_blocks=checkpoint_blocks)
+        batch = make_batch(model, frames, args, device)
+        generator = torch.Generator().manual_seed(0)
+        dtype = torch.bfloat16 if autocast else None
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            loss, _ = step_fn(model, batch, generator=generator, autocast_dtype=dtype)
+            loss.backward()
+            optimizer.step()
+            state["loss"] = loss.detach()
+
+        try:
+            P.reset_peak()
+            first, _ = P.timed_once(step)
+            seconds = P.timed(step, warmup=1, repeats=args.repeats if frames == args.frames else 3)
+        except torch.OutOfMemoryError:
+            optimizer.zero_grad(set_to_none=True)
+            state.clear()
+            torch.cuda.empty_cache()
+            rows.append([label, frames, "OOM", "", "", "", "", ""])
+            print(rows[-1], flush=True)
+            return None
+        S = P.tokens(frames, args.height, args.width)
+        useful = P.dpo_step_flops(model, S, args.pairs, args.rank)
+        tflops = useful / seconds / 1e12
+        gib = P.peak_gib()
+        ckpt = n_blocks if checkpoint_blocks is None else checkpoint_blocks
+        rows.append([label, frames, f"{seconds:.3f}", f"{tflops:.0f}", f"{tflops / ceiling:.0%}", f"{gib:.1f}",
+                     f"{ckpt}/{n_blocks}", f"{first:.0f}"])
+        print(rows[-1], f"loss {state['loss'].item():.4f}", flush=True)
+        return seconds, gib
+
+    S = P.tokens(args.frames, args.height, args.width)
+    if device == "cuda":
+        c = model.transformer.config
+        q = torch.randn(2, c.num_attention_heads, S, c.attention_head_dim, device=device, dtype=torch.bfloat16,
+                        requires_grad=True)
+        print(f"SDPA default kernel with grad: {torch._fused_sdp_choice(q, q, q)} (1 flash, 2 efficient, 3 cuDNN)")
+    print(f"{args.frames} frames: {S} tokens/video, batch {2 * args.pairs}; useful FLOPs/step "
+          f"{P.dpo_step_flops(model, S, args.pairs, args.rank) / 1e12:.0f} TFLOP", flush=True)
+    f, A, groups = args.frames, args.attention_backend, set(args.rows.split(","))
+    if "eager" in groups:
+        measure("eager, fp32 LoRA, all blocks checkpointed", f, False, A, False, None, 30)
+        measure("+ bf16 autocast (LoRA matmuls in bf16)", f, False, A, True, None, 30)
+    full = fewer = best = None
+    part = n_blocks * 2 // 3
+    if groups & {"compiled", "long"}:
+        full = measure("+ compiled blocks", f, True, A, True, None, 150)
+        fewer = measure(f"+ checkpoint {part}/{n_blocks} blocks", f, True, A, True, part, 30)
+    if "syncs" in groups:
+        k = args.checkpoint_blocks
+        measure(f"compiled, autocast, checkpoint {k}/{n_blocks}: dpo.preference_step", f, True, A, True, k, 150)
+        measure(f"  same math, metrics left on the GPU (no .item() per step)", f, True, A, True, k, 30,
+                step_fn=preference_step_without_syncs)
+        time_adapter_switch(model)
+    if "budget" in groups:  # let the compiler pick what to recompute inside each block, no block checkpointing
+        functorch_config.activation_memory_budget = args.activation_budget
+        torch._dynamo.reset()
+        measure(f"compiled, autocast, no block checkpointing, activation_memory_budget={args.activation_budget:g}",
+                f, True, A, True, 0, 150)
+        functorch_config.activation_memory_budget = 1.0
+        torch._dynamo.reset()
+    if "compiled" in groups and full and fewer:
+        k = n_blocks - fit_free_blocks(full[1], fewer[1], n_blocks - part, args.memory_gib, n_blocks)
+        best = k
+        if k not in (part, n_blocks):
+            measure(f"+ checkpoint {k}/{n_blocks} blocks (fits {args.memory_gib:g} GiB)", f, True, A, True, k, 30)
+        if k > 0:
+            measure("no checkpointing (memory reference)", f, True, A, True, 0, 30)
+    if args.profile and device == "cuda" and best is not None and deadline.allows(60):
+        model.enable_speedups(gradient_checkpointing=True, checkpoint_blocks=best)
+        profile_step(model, optimizer, make_batch(model, f, args, device), f"{f} frames, {best}/{n_blocks} checkpointed")
+    if "long" in groups and args.long_frames:
+        L = args.long_frames
+        long_full = measure("compiled, bf16 autocast, all checkpointed", L, True, A, True, None, 150)
+        if long_full and full and fewer:
+            per_block = (fewer[1] - full[1]) / (n_blocks - part) * P.tokens(L, args.height, args.width) / S
+            free = fit_free_blocks(long_full[1], long_full[1] + per_block, 1, args.memory_gib, n_blocks)
+            if free:
+                measure(f"+ checkpoint {n_blocks - free}/{n_blocks} blocks (fits {args.memory_gib:g} GiB)", L, True,
+                        A, True, n_blocks - free, 60)
+    if "fp32" in groups:
+        measure("compiled, fp32 LoRA, all checkpointed (no autocast)", f, True, A, False, None, 150)
+    P.print_table(f"DPO step, one call of dpo.preference_step + backward + AdamW; {args.pairs} pair(s) = batch "
+                  f"{2 * args.pairs}, LoRA r={args.rank}; useful MFU vs {ceiling:.0f} TFLOP/s",
+                  ["variant", "frames", "s/step", "TFLOP/s", "MFU", "peak GiB", "ckpt", "1st step s"], rows, args.out)
+    if best is not None:
+        print(f"selective checkpointing: {best}/{n_blocks} blocks keep the peak under {args.memory_gib:g} GiB")
+
+
+def preference_step_without_syncs(model, batch, generator=None, autocast_dtype=None):
+    """dpo.preference_step's math (same draws, same loss) with the metrics kept as device tensors, so the
+    host never waits for the GPU inside a step. Measures what dropping the per-step .item() calls buys."""
+    import torch.nn.functional as F
+
+    latents_w, latents_l = batch["latents_w"], batch["latents_l"]
+    B = latents_w.shape[0]
+    x0 = torch.cat([latents_w, latents_l]).to(model.device, torch.float32)
+    text_emb = batch["text_emb"].to(model.device).repeat(2, 1, 1)
+    t = model.sample_timesteps(B, generator).repeat(2)
+    noise = torch.randn(latents_w.shape, generator=generator).to(model.device).repeat(2, 1, 1, 1, 1)
+    x_t, target = model.add_noise(x0, noise, t), model.target(x0, noise, t)
+    with torch.autocast(model.device.type, autocast_dtype, enabled=autocast_dtype is not None):
+        with model.adapter("default"):
+            pred = model.predict(x_t, t, text_emb)
+        with torch.no_grad(), model.adapter("reference"):
+            ref_pred = model.predict(x_t, t, text_emb)
+    error = lambda p: (p.float() - target).pow(2).flatten(1).mean(1)  # noqa: E731
+    e_w, e_l = error(pred).chunk(2)
+    r_w, r_l = error(ref_pred).chunk(2)
+    margin = -dpo.BETA / 2 * ((e_w - r_w) - (e_l - r_l))
+    loss = -F.logsigmoid(margin).mean()
+    return loss, {"reward_margin": margin.detach()}
+
+
+def time_adapter_switch(model, repeats: int = 20) -> None:
+    """Host time of one `with model.adapter(...)` enter + exit (it walks every module and parameter)."""
+    start = time.perf_counter()
+    for _ in range(repeats):
+        with model.adapter("reference"):
+            pass
+    print(f"model.adapter enter+exit: {(time.perf_counter() - start) / repeats * 1e3:.1f} ms of host time", flush=True)
+
+
+def profile_step(model, optimizer, batch, title: str) -> None:
+    """GPU time of one step by kernel family (attention, GEMM, compiled element-wise, other), top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = dpo.preference_step(model, batch, generator=torch.Generator().manual_seed(0),
+                                      autocast_dtype=torch.bfloat16)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    print_kernel_profile(prof, title)
+
+
+def print_kernel_profile(prof, title: str) -> None:
+    kernels = [(e.key, e.self_device_time_total / 1e3) for e in prof.key_averages() if e.self_device_time_total > 0]
+    families = {}
+    for name, ms in kernels:
+        families[kernel_family(name)] = families.get(kernel_family(name), 0.0) + ms
+    total = sum(families.values())
+    P.print_table(f"GPU time by kernel family, {title}: {total:.0f} ms", ["family", "ms", "share"],
+                  [[k, f"{v:.0f}", f"{v / total:.0%}"] for k, v in sorted(families.items(), key=lambda kv: -kv[1])])
+    P.print_table("top kernels", ["kernel", "ms"],
+                  [[name[:90], f"{ms:.0f}"] for name, ms in sorted(kernels, key=lambda kv: -kv[1])[:12]])
+
+
+def kernel_family(name: str) -> str:
+    n = name.lower()
+    if any(k in n for k in ("fmha", "flash", "cudnn", "sdpa", "attention", "attn")):
+        return "attention (bwd)" if ("bwd" in n or "backward" in n or "dgrad" in n) else "attention"
+    if any(k in n for k in ("gemm", "xmma", "cutlass", "nvjet", "matmul", "sm90")):
+        return "GEMM"
+    if "triton" in n:
+        return "compiled element-wise (Triton)"
+    return "other (eager element-wise, copies, optimizer)"
+
+
+def fit_free_blocks(peak_all: float, peak_fewer: float, freed: int, target_gib: float, n_blocks: int) -> int:
+    """How many blocks may skip checkpointing under target_gib, from two measured peaks (linear in blocks)."""
+    per_block = (peak_fewer - peak_all) / freed
+    if not math.isfinite(per_block):  # no memory figures (CPU): exercise the row anyway
+        return n_blocks // 2
+    if per_block <= 0:
+        return n_blocks
+    return max(0, min(n_blocks, math.floor((target_gib - peak_all) / per_block)))
+
+
+def make_batch(model, frames: int, args, device: str) -> dict:
+    """Precomputed inputs, as train.py caches them: latents of winners and losers, prompt embeddings."""
+    generator = torch.Generator().manual_seed(1)
+    shape = (args.pairs, *model._latent_shape(frames, args.height, args.width))
+    return {"latents_w": torch.randn(shape, generator=generator).to(device),
+            "latents_l": torch.randn(shape, generator=generator).to(device),
+            "text_emb": torch.randn(args.pairs, P.TEXT_TOKENS, model.transformer.config.text_dim,
+                                    generator=generator).to(device, model.dtype)}
+
+
+if __name__ == "__main__":
+    main()

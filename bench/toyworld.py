@@ -1,0 +1,206 @@
+"""bench/toyworld.py — MagicID's two claims, measured in minutes on a CPU, on the toy world.
+
+The paper's claims (MagicID §1 and Tab. 1), as this benchmark tests them on held-out prompts:
+  1. self-reconstruction customization (train.py's identity stage) kills motion and fades identity:
+         r_dyn(identity stage) < r_dyn(base),  and r_id falls along a video longer than trained on;
+  2. hybrid preference optimization restores motion while keeping identity:
+         r_dyn(MagicID) > r_dyn(identity stage)  and  r_id(MagicID) ≥ r_id(identity stage).
+The base is `--model tiny` with the toy-world weights (pretrain_tiny.py: it knows camera motion and has
+never seen a face). For each identity, a real face photo that ships in a pip package (scikit-image's
+astronaut, matplotlib's Grace Hopper), this runs train.py end to end (static videos → identity LoRA →
+repository → hybrid pairs → DPO → evaluation) with the toy-world prompts, then evaluates the three
+models again on videos of LONG_FRAMES frames (training used 9) for the per-frame identity curve.
+
+Fixed before any result was seen, never tuned: the held-out prompts (prompts/toyworld_heldout.txt),
+the seeds (SEED, EVAL_SEEDS: train.py's evaluation seeds 10000 + 100·prompt + seed), LONG_FRAMES.
+
+    python bench/toyworld.py                            # both identities; writes runs/toyworld/results.md
+    python bench/toyworld.py --identity astronaut --train-arg=--beta=500 --out runs/toyworld_beta500
+
+Table: mean ± 95 % bootstrap CI over identities × held-out prompts × seeds (eval.bootstrap_ci).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import eval as evaluation  # noqa: E402
+import pretrain_tiny  # noqa: E402
+import train  # noqa: E402
+
+IDENTITIES = ("astronaut", "grace_hopper")
+TRAIN_PROMPTS = ROOT / "prompts" / "toyworld_train.txt"
+HELDOUT_PROMPTS = ROOT / "prompts" / "toyworld_heldout.txt"
+SEED = 0            # train.py --seed; its evaluation draws seeds 10000 + 100·p + s
+EVAL_SEEDS = 3      # seeds per held-out prompt
+LONG_FRAMES = 17    # the identity curve's video length; train.py trains and evaluates on 9
+VARIANTS = {"base": None, "identity stage": "reference", "MagicID": "default"}  # train.py's adapter names
+TABLE_METRICS = ("r_id", "face_hit_rate", "r_dyn", "dynamic_degree")
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--identity", action="append", choices=IDENTITIES, help="identities to run (default: all)")
+    p.add_argument("--out", default=str(ROOT / "runs" / "toyworld"), help="folder of the runs and results")
+    p.add_argument("--train-arg", action="append", default=[],
+                   help="extra train.py flag for an investigation, e.g. --train-arg=--beta=500 (use a new --out)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    identities = args.identity or list(IDENTITIES)
+
+    base_check = motion_check(out)
+    rows9, rows_long = [], []
+    for name in identities:
+        run_dir = out / name
+        ref = write_reference(name, out / "refs")
+        train.main(train_argv(ref, run_dir, args.train_arg))
+        short, long = evaluate_run(ref, run_dir)
+        rows9 += [{**r, "identity": name} for r in short]
+        rows_long += [{**r, "identity": name} for r in long]
+
+    results = {"identities": identities, "train_args": args.train_arg, "base_motion_check": base_check,
+               "table_9": evaluation.summarize(rows9, list(VARIANTS)),
+               "table_long": evaluation.summarize(rows_long, list(VARIANTS)),
+               "per_identity_9": {n: evaluation.summarize([r for r in rows9 if r["identity"] == n], list(VARIANTS))
+                                  for n in identities}}
+    results["claims"] = check_claims(results["table_9"], results["table_long"])
+    text = report(results)
+    print(text)
+    (out / "results.md").write_text(text)
+    (out / "results.json").write_text(json.dumps({**results, "rows_9": rows9, "rows_long": rows_long}, indent=1))
+    return results
+
+
+def train_argv(ref: Path, run_dir: Path, extra: list[str]) -> list[str]:
+    """train.py's whole flow on the tiny toy-world base, on the toy-world prompts; resumes a finished or cut run."""
+    return ["--ref", str(ref), "--model", "tiny", "--device", "cpu", "--out", str(run_dir), "--resume",
+            "--seed", str(SEED), "--id-backend", "dlib",
+            "--prompts", str(TRAIN_PROMPTS), "--heldout-prompts", str(HELDOUT_PROMPTS),
+            "--num-prompts", "4", "--eval-prompts", "4", "--eval-seeds", str(EVAL_SEEDS), *extra]
+
+
+def write_reference(name: str, folder: Path) -> Path:
+    """The identity's photo, from the package that ships it, as a PNG train.py reads."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    if not path.exists():
+        if name == "astronaut":
+            from skimage import data
+
+            image = Image.fromarray(data.astronaut())
+        else:
+            from matplotlib import cbook
+
+            image = Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+        image.save(path)
+    return path
+
+
+def evaluate_run(ref: Path, run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """The three models of a finished run on the held-out prompts: at 9 frames (train.py's own
+    evaluation, read back from its cache) and at LONG_FRAMES (generated here, cached beside it)."""
+    from model import VideoModel
+    from rewards import load_references, make_face_encoder
+
+    encoder = make_face_encoder("dlib")
+    refs = load_references([ref], encoder)
+    model = VideoModel.from_pretrained("tiny")
+    model.load_lora(str(run_dir / "identity_lora"), name="reference")
+    model.load_lora(str(run_dir / "magicid_lora"), name="default")
+    person = "a sks person"
+    prompts = train.read_prompts(HELDOUT_PROMPTS, person)
+    config = json.loads((run_dir / "config.json").read_text())
+    common = dict(prompts=prompts, seeds=EVAL_SEEDS, refs=refs, encoder=encoder, seed=SEED + 10_000)
+    video = dict(frames=None, height=None, width=None, steps=config["sample_steps"])
+    short = evaluation.evaluate(model, VARIANTS, video=video, cache_dir=run_dir / "eval", **common)
+    long = evaluation.evaluate(model, VARIANTS, video={**video, "frames": LONG_FRAMES},
+                               cache_dir=run_dir / f"eval_{LONG_FRAMES}f", **common)
+    return short["rows"], long["rows"]
+
+
+def motion_check(out: Path) -> dict:
+    """Does the base follow motion captions? Every motion of its vocabulary on two non-face subjects,
+    one seed each: the fraction of videos whose optical flow moves as captioned, and r_dyn per motion."""
+    from model import VideoModel
+    from rewards import dynamic_reward
+
+    cache = out / "base_motion_check.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    model = VideoModel.from_pretrained("tiny")
+    per_motion = {}
+    for motion in pretrain_tiny.MOTIONS:
+        subjects = ("a cat", "a rocket")
+        prompts = [f"a photo of {s}" if motion == "still" else f"{s}, {motion}" for s in subjects]
+        videos, _ = model.sample(prompts, seed=SEED, steps=12)
+        follows = [pretrain_tiny.follows_caption(motion, pretrain_tiny.measure_motion(v)) for v in videos]
+        per_motion[motion] = {"follows": float(np.mean(follows)),
+                              "r_dyn": float(np.mean([dynamic_reward(v, model.defaults.fps).reward for v in videos]))}
+    result = {"follow_rate": float(np.mean([m["follows"] for m in per_motion.values()])), "per_motion": per_motion}
+    out.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def check_claims(short: dict, long: dict) -> dict:
+    """Each claim as the paper states it, on the means (and whether the 95 % intervals separate)."""
+    def mean(table, variant, metric):
+        return table[variant][metric][0]
+
+    def separated(table, low, high, metric):
+        return table[low][metric][2] < table[high][metric][1]  # low's upper bound below high's lower bound
+
+    curve = {v: np.asarray(long[v]["id_curve"]) for v in VARIANTS}
+    third = {v: (float(c[: len(c) // 3].mean()), float(c[-(len(c) // 3):].mean())) for v, c in curve.items()}
+    return {
+        "baseline r_dyn below base": bool(mean(short, "identity stage", "r_dyn") < mean(short, "base", "r_dyn")),
+        "  (95 % CIs separate)": bool(separated(short, "identity stage", "base", "r_dyn")),
+        "MagicID r_dyn above baseline": bool(mean(short, "MagicID", "r_dyn") > mean(short, "identity stage", "r_dyn")),
+        "  (95 % CIs separate) ": bool(separated(short, "identity stage", "MagicID", "r_dyn")),
+        "MagicID r_id not below baseline": bool(mean(short, "MagicID", "r_id") >= mean(short, "identity stage", "r_id")),
+        f"baseline r_id fades over {LONG_FRAMES} frames (last third < first third)":
+            bool(third["identity stage"][1] < third["identity stage"][0]),
+        "id_curve_thirds": third,
+    }
+
+
+def report(results: dict) -> str:
+    lines = [f"# Toy-world benchmark: {', '.join(results['identities'])}",
+             f"train.py extra flags: {results['train_args'] or 'none'}", "",
+             f"Base follows motion captions: {results['base_motion_check']['follow_rate']:.2f} of videos "
+             "(optical-flow direction; 9 motions × 2 non-face subjects)", ""]
+    for key, title in (("table_9", "held-out prompts, 9 frames (as trained)"),
+                       ("table_long", f"held-out prompts, {LONG_FRAMES} frames")):
+        table = results[key]
+        lines += [f"## {title}: mean [95 % CI] over identities × prompts × seeds", "",
+                  "| model | n | " + " | ".join(TABLE_METRICS) + " |", "|---" * (len(TABLE_METRICS) + 2) + "|"]
+        for variant, metrics in table.items():
+            cells = [f"{metrics[m][0]:.3f} [{metrics[m][1]:.3f}, {metrics[m][2]:.3f}]" for m in TABLE_METRICS]
+            lines.append(f"| {variant} | {metrics['n']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [f"## r_id per frame, {LONG_FRAMES}-frame videos (mean over identities × prompts × seeds)", "",
+              "| model | " + " | ".join(str(i) for i in range(len(results["table_long"]["base"]["id_curve"]))) + " |",
+              "|---" * (len(results["table_long"]["base"]["id_curve"]) + 1) + "|"]
+    for variant, metrics in results["table_long"].items():
+        lines.append(f"| {variant} | " + " | ".join(f"{v:.2f}" for v in metrics["id_curve"]) + " |")
+    lines += ["", "## Claims", ""]
+    for claim, held in results["claims"].items():
+        if claim != "id_curve_thirds":
+            lines.append(f"- {claim.strip()}: {'yes' if held else 'no'}")
+    lines.append(f"- r_id first third → last third: " + ", ".join(
+        f"{v} {a:.3f} → {b:.3f}" for v, (a, b) in results["claims"]["id_curve_thirds"].items()))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
