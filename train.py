@@ -44,10 +44,10 @@ PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 PRESETS = {
     "tiny": dict(identity_steps=150, dpo_identity_steps=60, dpo_dynamic_steps=60, lr=1e-3, dpo_lr=2e-4,
                  rank=8, batch_size=2, videos_per_prompt=4, num_prompts=4, static_videos=4,
-                 eval_prompts=3, eval_seeds=3, sample_steps=12, checkpoint_every=25),
+                 eval_prompts=3, eval_seeds=3, sample_steps=12, checkpoint_every=25, grad_checkpointing=False),
     "gpu": dict(identity_steps=800, dpo_identity_steps=300, dpo_dynamic_steps=300, lr=1e-4, dpo_lr=1e-5,
                 rank=64, batch_size=1, videos_per_prompt=4, num_prompts=20, static_videos=16,
-                eval_prompts=6, eval_seeds=2, sample_steps=30, checkpoint_every=100),
+                eval_prompts=6, eval_seeds=2, sample_steps=30, checkpoint_every=100, grad_checkpointing=True),
 }
 
 
@@ -73,7 +73,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--rank", type=int, help="LoRA rank (8 / 64)")
     g.add_argument("--batch-size", type=int, help="videos (identity) or pairs (DPO) per step (2 / 1)")
     g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (25 / 100)")
-    g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations: less memory, ~30%% slower")
+    g.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute block activations in backward: less memory, slower (tiny off / gpu on)")
+    g.add_argument("--checkpoint-blocks", type=int, default=None,
+                   help="with --grad-checkpointing, recompute only the first N blocks (default all; on an H100 "
+                        "Wan-1.3B fits 24 GiB with 21/30 at 33 frames, 28/30 at 81: bench/NOTES.md)")
     v = p.add_argument_group("videos")
     v.add_argument("--frames", type=int, default=None, help="frames per video, 4k+1 (default: the model's)")
     v.add_argument("--height", type=int, default=None, help="pixels (default: the model's)")
@@ -115,7 +119,7 @@ def main(argv=None) -> Path:
         # 0. References: the person's face, embedded once.
         encoder = make_face_encoder(args.id_backend, args.id_model_root)
         refs = load_references(args.ref, encoder)
-        model = load_model_from_args(args, gradient_checkpointing=args.grad_checkpointing)
+        model = load_model_from_args(args, args.grad_checkpointing, args.checkpoint_blocks)
         model.check_video_size(args.frames, args.height, args.width)
     except (ReferencePhotoError, ModelLoadError, FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
