@@ -333,23 +333,10 @@ def test_prompt_reward_is_off_without_clip():
     assert score.reward is None and not score.enabled and "CLIP" in score.reason
 
 
-def test_prompt_reward_with_a_local_clip_checkpoint(tmp_path):
+def test_prompt_reward_with_a_local_clip_checkpoint(tiny_clip, tmp_path):
     torch = pytest.importorskip("torch")
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}  # byte-level characters, no merges
-    for suffix in ("", "</w>"):
-        vocab.update({c + suffix: len(vocab) + i for i, c in enumerate(sorted(ByteLevel.alphabet()))})
-    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-    config = CLIPConfig(text_config=dict(vocab_size=len(vocab), bos_token_id=0, eos_token_id=1, pad_token_id=1, **small),
-                        vision_config=dict(image_size=32, patch_size=8, **small), projection_dim=16)
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(tmp_path)
-    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-                  tokenizer=CLIPTokenizer(vocab=vocab, merges=[])).save_pretrained(tmp_path)
-
-    clip = R.load_clip(tmp_path)
+    clip = R.load_clip(tiny_clip)
     video = np.stack([ASTRONAUT, cv2.resize(skimage.data.coffee(), (512, 512))])  # [2, 512, 512, 3]
     score = R.prompt_reward(video, "an astronaut", clip)
     inputs = clip.processor(text=["an astronaut"], images=list(video), return_tensors="pt", padding=True)
