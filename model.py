@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -283,7 +284,8 @@ class VideoModel:
         from peft import LoraConfig
 
         config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(targets), init_lora_weights=True)
-        self.transformer.add_adapter(config, adapter_name=name)
+        with _several_adapters_expected():
+            self.transformer.add_adapter(config, adapter_name=name)
         self._register_adapter(name, trainable)
 
     def load_lora(self, lora_dir: str, name: str = "default", trainable: bool = False) -> None:
@@ -293,7 +295,8 @@ class VideoModel:
             raise ModelLoadError(f"no LoRA at {lora_dir!r}: expected the file {LORA_FILE} there "
                                  "(a folder written by train.py or save_lora).")
         try:
-            self.pipe.load_lora_weights(lora_dir, adapter_name=name)
+            with _several_adapters_expected():
+                self.pipe.load_lora_weights(lora_dir, adapter_name=name)
         except (ValueError, KeyError, RuntimeError) as error:
             raise ModelLoadError(f"the LoRA in {lora_dir!r} does not fit model {self.name!r}: {error}") from error
         self._register_adapter(name, trainable)
@@ -389,6 +392,14 @@ class VideoModel:
             blocks = getattr(self.transformer, "blocks", None) or self.transformer.transformer_blocks
             for block in blocks:
                 block.compile()
+
+
+@contextlib.contextmanager
+def _several_adapters_expected():
+    """peft warns whenever a second adapter joins a model; holding several is this class's design."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        yield
 
 
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
