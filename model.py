@@ -82,6 +82,8 @@ class VideoModel:
         elif self.objective == "epsilon":
             self.objective = "eps"
         self._trainable_adapters: set[str] = set()
+        self._tuner_layers: list = []  # peft's LoRA layers, found when an adapter is added
+        self._lora_params: list = []   # (name, parameter) of every adapter
         self._rotary_cache: dict = {}
         for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
             module.requires_grad_(False)
@@ -335,37 +337,36 @@ class VideoModel:
         self._activate(name)
 
     def _register_adapter(self, name: str, trainable: bool) -> None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
         if trainable:
             self._trainable_adapters.add(name)
             for p in self.lora_parameters(name):  # LoRA weights train in fp32 whatever the backbone's dtype
                 p.data = p.data.float()
         else:
             self._trainable_adapters.discard(name)
+        # Found once here, not at every switch: walking the whole module tree twice per DPO step cost
+        # ~50 ms of host time on the published 1.3B model (bench/NOTES.md).
+        self._tuner_layers = [m for m in self.transformer.modules() if isinstance(m, BaseTunerLayer)]
+        self._lora_params = [(key, p) for key, p in self.transformer.named_parameters() if "lora_" in key]
         self._activate(name)
 
     def _active_adapters(self):
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        for module in self.transformer.modules():
-            if isinstance(module, BaseTunerLayer):
-                return None if module.disable_adapters else module.active_adapters[0]
-        return None
+        if not self._tuner_layers or self._tuner_layers[0].disable_adapters:
+            return None
+        return self._tuner_layers[0].active_adapters[0]
 
     def _activate(self, name: str | None) -> None:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        for module in self.transformer.modules():
-            if isinstance(module, BaseTunerLayer):
-                if name is None:
-                    module.enable_adapters(False)
-                else:
-                    module.enable_adapters(True)
-                    module.set_adapter(name)
+        for module in self._tuner_layers:
+            if name is None:
+                module.enable_adapters(False)
+            else:
+                module.enable_adapters(True)
+                module.set_adapter(name)
         # peft ties requires_grad to "active"; we tie it to "trainable" instead, so switching to the
         # reference adapter for a no-grad forward does not silently change what the optimizer trains.
-        for key, p in self.transformer.named_parameters():
-            if "lora_" in key:
-                p.requires_grad_(any(f".{n}." in key for n in self._trainable_adapters))
+        for key, p in self._lora_params:
+            p.requires_grad_(any(f".{n}." in key for n in self._trainable_adapters))
 
     # ------------------------------------------------------------------ speed switches (opt-in)
 
