@@ -25,13 +25,15 @@ TINY_WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wei
 TEXT_DIM = 32  # width of the tiny text encoder; the transformer's cross-attention reads this
 
 
-def build_tiny_pipeline(name: str = "tiny", seed: int = 0):
-    """A complete diffusers pipeline with small, seeded weights (pretrained ones when shipped)."""
+def build_tiny_pipeline(name: str = "tiny", seed: int = 0, pretrained: bool = True):
+    """A complete diffusers pipeline with small, seeded weights (pretrained ones when shipped, unless
+    pretrained=False: pretrain_tiny.py starts from the seeded ones)."""
     if name not in TINY_PRESETS:
         raise ValueError(f"unknown tiny preset {name!r}; choose one of {TINY_PRESETS}")
     tokenizer = byte_tokenizer()
     pipe = _build_tiny_wan(tokenizer, seed) if name == "tiny" else _build_tiny_cogvideox(tokenizer, seed)
-    _load_pretrained_tiny_weights(pipe, os.path.join(TINY_WEIGHTS_DIR, name))
+    if pretrained:
+        _load_pretrained_tiny_weights(pipe, os.path.join(TINY_WEIGHTS_DIR, name))
     return pipe
 
 

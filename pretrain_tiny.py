@@ -1,0 +1,529 @@
+"""pretrain_tiny.py — the toy world: a tiny text-to-video base that knows motion, trained from scratch in minutes.
+
+MagicID's claims are about motion: self-reconstruction on still photos kills it, preference learning
+keeps it. A random-init model has no motion to lose, so this script gives the `--model tiny` preset
+(tiny.py: Wan2.1's own classes at a small size) a world to know, with no face in it:
+
+  data         a canvas seen through a moving camera: frame f = crop(canvas, centre c_f, half-size h_f),
+               the canvas a natural image shipped in scikit-image (cat, coffee, rocket, ... never a face:
+               FACE_IMAGES are excluded) or a procedural one (gradient, stripes, blobs, circles, squares);
+               the camera pans, tilts, zooms, sways, shakes, or stays still. Captions name the subject
+               and the motion: "a cat, camera pans left", "a photo of a rocket" (still).
+  VAE          L = |x − D(z)|₁ + λ_∇·|∇x − ∇D(z)|₁ + λ_KL·KL(q(z|x) ‖ N(0, I)),   z ~ q(z|x)
+               then an affine map folded into its 1×1 convs, so that the latent normalization model.py
+               applies (the config's latents_mean/std) gives zero-mean, unit-variance latents.
+  transformer  flow matching on those latents, with model.py's own objective (what the LoRA stages use):
+               L = ‖(ε − x_0) − f_θ((1 − σ)·x_0 + σ·ε, t, c)‖²,  the caption dropped 10 % of the time
+               (classifier-free guidance). The text encoder trains with it: a random frozen byte-level
+               encoder gives "left" and "right" only chance features, and the motion words must be
+               told apart. Weights are an exponential moving average of the trained ones.
+Each phase stops at its step count or its share of --budget-s, whichever comes first; the log says
+which. Writes <out>/{vae,transformer,text_encoder}.safetensors, which tiny.py loads from weights/tiny/.
+
+    python pretrain_tiny.py --device cuda --out weights/tiny            # bench/TOYWORLD.md: the exact run
+
+Exports: ToyWorld, MOTIONS, FACE_IMAGES, measure_motion, caption_follow_rate, main.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import tiny
+from model import DEFAULTS, VideoModel
+
+# scikit-image's images and the subject each caption names. Faces are never in the pretraining data:
+# the benchmark's identities (astronaut) and anything else with a person in it stay out.
+NATURAL_IMAGES = {
+    "chelsea": "a cat", "coffee": "a cup of coffee", "rocket": "a rocket", "coins": "coins", "moon": "the moon",
+    "brick": "a brick wall", "grass": "grass", "gravel": "gravel", "hubble_deep_field": "galaxies",
+    "immunohistochemistry": "stained cells", "retina": "a retina", "page": "a page of text", "text": "letters",
+    "clock": "a clock", "horse": "a horse", "logo": "a logo", "cell": "a cell", "colorwheel": "a color wheel",
+    "stereo_motorcycle": "a motorcycle", "checkerboard": "a checkerboard",
+}
+FACE_IMAGES = ("astronaut", "camera", "lfw_subset", "lbp_frontal_face")  # never loaded here
+PROCEDURAL = ("a gradient", "stripes", "colorful blobs", "circles", "squares")
+MOTIONS = ("camera pans left", "camera pans right", "camera tilts up", "camera tilts down", "camera zooms in",
+           "camera zooms out", "camera sways left and right", "handheld camera shakes", "still")
+STILL_CAPTIONS = ("a photo of {}", "a close-up photo of {}", "a still image of {}")
+CANVAS = 256  # px: canvases are squares of this side; a 128-px frame shows 96..240 px of one
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    start = time.time()
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    pipe = tiny.build_tiny_pipeline("tiny", pretrained=False).to(device)
+    model = VideoModel(pipe, "wan", DEFAULTS["tiny"], "tiny")  # the objective of every later stage
+    world = ToyWorld(device, seed=args.seed)
+    log = Log(os.path.join(args.out, "pretrain_log.jsonl"))
+    log("setup", {"device": str(device), "canvases": world.describe(), "args": vars(args)})
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=args.bf16)
+
+    vae_deadline = start + args.vae_share * args.budget_s
+    train_vae(pipe.vae, world, args, vae_deadline, autocast, log)
+    calibrate_latents(pipe.vae, world, args, autocast, log)
+    save(pipe, ["vae"], args.out)
+
+    pools = encode_pool(model, world, args, start + (args.vae_share + args.pool_share) * args.budget_s, autocast, log)
+    train_transformer(model, pools, args, start + args.budget_s - args.reserve_s, autocast, log)
+    save(pipe, ["vae", "transformer", "text_encoder"], args.out)
+    log("done", {"seconds": time.time() - start})
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=os.path.join(tiny.TINY_WEIGHTS_DIR, "tiny"), help="folder for the weights and log")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget-s", type=float, default=520.0, help="wall-clock seconds for the whole run")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: on CUDA)")
+    p.add_argument("--size", type=int, default=DEFAULTS["tiny"].height, help="video side, px (the preset's 128)")
+    p.add_argument("--frames", type=int, default=DEFAULTS["tiny"].frames, help="frames of the VAE's and most pooled videos")
+    p.add_argument("--vae-steps", type=int, default=4000, help="VAE steps (or its share of the budget)")
+    p.add_argument("--vae-batch", type=int, default=8, help="videos per VAE step")
+    p.add_argument("--vae-image-batch", type=int, default=32, help="single frames per VAE step, besides the videos")
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--vae-share", type=float, default=0.38, help="fraction of --budget-s for the VAE")
+    p.add_argument("--grad-weight", type=float, default=0.5, help="λ_∇: L1 on image gradients (sharp edges)")
+    p.add_argument("--kl-weight", type=float, default=1e-4, help="λ_KL, per latent element vs per pixel")
+    p.add_argument("--pool-videos", type=int, default=24576, help="videos encoded once for the transformer")
+    p.add_argument("--long-fraction", type=float, default=0.25, help="of those, the fraction with --long-frames")
+    p.add_argument("--long-frames", type=int, default=17, help="longer videos, so sampling past 9 frames works")
+    p.add_argument("--pool-share", type=float, default=0.1, help="fraction of --budget-s for encoding the pool")
+    p.add_argument("--dit-steps", type=int, default=20000, help="transformer steps (or the rest of the budget)")
+    p.add_argument("--dit-batch", type=int, default=128, help="latent videos per transformer step")
+    p.add_argument("--dit-lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps of both phases")
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the transformer and text encoder")
+    p.add_argument("--caption-dropout", type=float, default=0.1, help="empty caption, for guidance")
+    p.add_argument("--reserve-s", type=float, default=20.0, help="seconds kept at the end for saving")
+    p.add_argument("--save-every-s", type=float, default=60.0, help="write the weights this often")
+    args = p.parse_args(argv)
+    if args.bf16 is None:
+        args.bf16 = args.device.startswith("cuda")
+    return args
+
+
+# ---------------------------------------------------------------------- the toy world's videos
+
+class ToyWorld:
+    """Endless captioned videos with camera motion, made on `device` from a seed.
+
+    batch(n, frames) -> videos [n, 3, F, H, W] in [-1, 1] (the VAE's layout), captions, motions.
+    Camera convention (image y points down): "pans left" moves the view left, so the scene slides
+    right in the frame (optical flow +x); "tilts up" makes it slide down (+y); "zooms in" magnifies.
+    """
+
+    def __init__(self, device, seed: int = 0):
+        from skimage import data
+
+        self.device = torch.device(device)
+        self.rng = np.random.default_rng(seed)
+        self.images, self.subjects, self.grey = [], [], []
+        for name, subject in NATURAL_IMAGES.items():
+            assert name not in FACE_IMAGES
+            try:
+                image = getattr(data, name)()
+            except Exception as error:  # an image missing from this scikit-image: say so, use the rest
+                print(f"toy world: skipping skimage.data.{name} ({type(error).__name__}: {error})")
+                continue
+            image = np.asarray(image[0] if isinstance(image, tuple) else image)  # stereo pairs: the left view
+            self.grey.append(image.ndim == 2)
+            image = _to_rgb_float(image)                                   # [3, H, W] in [0, 1]
+            self.images.append(torch.from_numpy(image).to(self.device))
+            self.subjects.append(subject)
+        if not self.images:
+            raise RuntimeError("toy world: no scikit-image sample image could be loaded (pip install scikit-image)")
+
+    def describe(self) -> dict:
+        return {"natural": self.subjects, "procedural": list(PROCEDURAL), "motions": list(MOTIONS)}
+
+    def batch(self, n: int, frames: int = 9, size: int = 128):
+        kinds = self.rng.integers(0, len(self.images) + len(PROCEDURAL), n)
+        canvases, subjects = [], []
+        for k in kinds:
+            if k < len(self.images):
+                canvases.append(self._natural_canvas(k))
+                subjects.append(self.subjects[k])
+            else:
+                name = PROCEDURAL[k - len(self.images)]
+                canvases.append(self._procedural_canvas(name))
+                subjects.append(name)
+        canvas = _color_jitter(torch.stack(canvases), self.rng)               # [n, 3, S, S]
+        motions = [MOTIONS[i] for i in self.rng.integers(0, len(MOTIONS), n)]
+        cams = np.stack([camera_path(m, frames, size, self.rng) for m in motions])  # [n, F, 3]: cx, cy, half
+        videos = render(canvas, torch.from_numpy(cams).float().to(self.device), size)  # [n, 3, F, H, W]
+        captions = [STILL_CAPTIONS[self.rng.integers(len(STILL_CAPTIONS))].format(s) if m == "still"
+                    else f"{s}, {m}" for s, m in zip(subjects, motions)]
+        return videos, captions, motions
+
+    def _natural_canvas(self, k: int) -> torch.Tensor:
+        image = self.images[k]                                                # [3, H, W]
+        h, w = image.shape[1:]
+        side = int(min(h, w) * self.rng.uniform(0.6, 1.0))                    # a random square crop
+        top, left = self.rng.integers(0, h - side + 1), self.rng.integers(0, w - side + 1)
+        crop = image[None, :, top:top + side, left:left + side]
+        canvas = F.interpolate(crop, size=(CANVAS, CANVAS), mode="bilinear", antialias=True, align_corners=False)[0]
+        if self.grey[k] and self.rng.random() < 0.5:                          # tint grey images: more colours
+            lo, hi = (torch.from_numpy(self.rng.uniform(0, 1, (2, 3, 1, 1))).float().to(self.device))
+            canvas = lo + (hi - lo) * canvas.mean(0, keepdim=True)
+        return canvas.clamp(0, 1)
+
+    def _procedural_canvas(self, name: str) -> torch.Tensor:
+        r, dev = self.rng, self.device
+        y, x = torch.meshgrid(torch.linspace(0, 1, CANVAS, device=dev), torch.linspace(0, 1, CANVAS, device=dev),
+                              indexing="ij")                                  # [S, S] each
+        c0, c1 = (torch.tensor(r.uniform(0, 1, 3), dtype=torch.float32, device=dev).view(3, 1, 1) for _ in range(2))
+        angle = r.uniform(0, 2 * math.pi)
+        along = x * math.cos(angle) + y * math.sin(angle)                    # [S, S]
+        if name == "a gradient":
+            mix = (along - along.min()) / (along.max() - along.min())
+        elif name == "stripes":
+            mix = 0.5 + 0.5 * torch.tanh(4 * torch.sin(2 * math.pi * r.uniform(3, 12) * along + r.uniform(0, 6.3)))
+        elif name == "colorful blobs":
+            grid = torch.from_numpy(r.uniform(0, 1, (1, 3, 6, 6))).float().to(dev)
+            return F.interpolate(grid, size=(CANVAS, CANVAS), mode="bicubic", align_corners=True)[0].clamp(0, 1)
+        else:  # circles or squares: a few filled shapes with soft edges on a background
+            canvas = c0 * torch.ones(1, CANVAS, CANVAS, device=dev)
+            for _ in range(r.integers(3, 9)):
+                cx, cy, radius = r.uniform(0, 1), r.uniform(0, 1), r.uniform(0.05, 0.2)
+                dist = (torch.sqrt((x - cx) ** 2 + (y - cy) ** 2) if name == "circles"
+                        else torch.maximum((x - cx).abs(), (y - cy).abs()))
+                inside = torch.sigmoid((radius - dist) * CANVAS / 1.5)       # ~1.5-px anti-aliased edge
+                color = torch.tensor(r.uniform(0, 1, 3), dtype=torch.float32, device=dev).view(3, 1, 1)
+                canvas = canvas * (1 - inside) + color * inside
+            return canvas
+        return c0 * (1 - mix) + c1 * mix
+
+
+def camera_path(motion: str, frames: int, size: int, rng) -> np.ndarray:
+    """One camera trajectory, fitted inside the canvas: [F, 3] = (centre x, centre y, half-side), canvas px.
+
+    Speeds are drawn in output pixels per frame (at `size`): pans 1.5-4 px, zooms 2-5 % of the side,
+    sways 6-14 px amplitude, shakes ~3 px steps, so every motion but "still" is visible to optical flow.
+    """
+    f = np.arange(frames, dtype=np.float64)
+    half = rng.uniform(48, 120) * np.ones(frames)                            # canvas px; output side = 2·half
+    dx, dy = np.zeros(frames), np.zeros(frames)                              # camera offsets in output px
+    speed = rng.uniform(1.5, 4.0)
+    if motion in ("camera pans left", "camera pans right"):
+        dx = speed * f * (-1 if motion.endswith("left") else 1)
+    elif motion in ("camera tilts up", "camera tilts down"):
+        dy = speed * f * (-1 if motion.endswith("up") else 1)
+    elif motion in ("camera zooms in", "camera zooms out"):
+        rate = rng.uniform(0.02, 0.05) * (-1 if motion.endswith("in") else 1)
+        half = half * (1 + rate) ** (f - (frames - 1) / 2)                   # zoom about the middle frame
+    elif motion == "camera sways left and right":
+        dx = rng.uniform(6, 14) * np.sin(2 * math.pi * f / rng.uniform(6, 12) + rng.uniform(0, 2 * math.pi))
+    elif motion == "handheld camera shakes":
+        steps = rng.normal(0, 3.0, (2, frames))
+        dx, dy = np.cumsum(steps[0]), np.cumsum(steps[1])
+    px = 2 * half / size                                                     # canvas px per output px
+    cx, cy = dx * px, dy * px
+    # Fit: shrink the whole path about its start if it needs more than the canvas (output speeds stay).
+    extent = max((cx + half).max() - (cx - half).min(), (cy + half).max() - (cy - half).min())
+    k = min(1.0, (CANVAS - 1) / extent)
+    cx, cy, half = cx * k, cy * k, half * k
+    x0 = rng.uniform(-(cx - half).min(), CANVAS - (cx + half).max())
+    y0 = rng.uniform(-(cy - half).min(), CANVAS - (cy + half).max())
+    return np.stack([cx + x0, cy + y0, half], axis=1)
+
+
+def render(canvas: torch.Tensor, cams: torch.Tensor, size: int) -> torch.Tensor:
+    """canvas [n, 3, S, S] in [0, 1], cams [n, F, 3] -> videos [n, 3, F, size, size] in [-1, 1].
+
+    Each frame is the canvas square centred at (cx, cy) with half-side `half`, sampled at 2× and
+    averaged down (supersampling: no aliasing when a frame shrinks 240 canvas px to 128)."""
+    n, frames = cams.shape[:2]
+    scale = 2 / CANVAS                                                       # canvas px -> [-1, 1] coords
+    frames_out = []
+    for f in range(frames):
+        cx, cy, half = cams[:, f, 0], cams[:, f, 1], cams[:, f, 2]          # [n] each
+        theta = torch.zeros(n, 2, 3, device=canvas.device)
+        theta[:, 0, 0] = theta[:, 1, 1] = half * scale
+        theta[:, 0, 2], theta[:, 1, 2] = cx * scale - 1, cy * scale - 1
+        grid = F.affine_grid(theta, [n, 3, 2 * size, 2 * size], align_corners=False)
+        frame = F.grid_sample(canvas, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        frames_out.append(F.avg_pool2d(frame, 2))                            # [n, 3, size, size]
+    return torch.stack(frames_out, dim=2).mul(2).sub(1)                      # [n, 3, F, size, size]
+
+
+def to_uint8(videos: torch.Tensor) -> np.ndarray:
+    """[n, 3, F, H, W] in [-1, 1] -> uint8 numpy [n, F, H, W, 3] (magicid's video convention)."""
+    return videos.float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
+def _to_rgb_float(image: np.ndarray) -> np.ndarray:
+    """Any scikit-image sample (bool, grey, RGB, RGBA, uint8 or float) -> float32 [3, H, W] in [0, 1]."""
+    image = image.astype(np.float32) / (255.0 if image.dtype == np.uint8 else 1.0)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    return np.ascontiguousarray(image[..., :3].transpose(2, 0, 1))
+
+
+def _color_jitter(canvas: torch.Tensor, rng) -> torch.Tensor:
+    """Random quarter turn, mirror, hue rotation, saturation, contrast and brightness per canvas [n, 3, S, S]."""
+    n, dev = canvas.shape[0], canvas.device
+    turns = torch.from_numpy(rng.integers(0, 4, n)).to(dev)
+    for k in (1, 2, 3):
+        canvas = torch.where((turns == k).view(n, 1, 1, 1), canvas.rot90(k, dims=(-2, -1)), canvas)
+    flip = torch.from_numpy(rng.random(n) < 0.5).to(dev).view(n, 1, 1, 1)
+    canvas = torch.where(flip, canvas.flip(-1), canvas)
+    yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=dev)
+    c = torch.einsum("ij,njhw->nihw", yiq, canvas)                           # [n, 3, S, S]: luma, chroma I, Q
+    hue = torch.from_numpy(rng.uniform(-math.pi, math.pi, n) * (rng.random(n) < 0.5)).float().to(dev)
+    sat = torch.from_numpy(rng.uniform(0.6, 1.3, n)).float().to(dev)
+    cos, sin = (torch.cos(hue) * sat).view(n, 1, 1), (torch.sin(hue) * sat).view(n, 1, 1)
+    i, q = c[:, 1] * cos - c[:, 2] * sin, c[:, 1] * sin + c[:, 2] * cos
+    contrast = torch.from_numpy(rng.uniform(0.8, 1.2, n)).float().to(dev).view(n, 1, 1)
+    bright = torch.from_numpy(rng.uniform(-0.1, 0.1, n)).float().to(dev).view(n, 1, 1)
+    luma = (c[:, 0] - 0.5) * contrast + 0.5 + bright
+    rgb = torch.einsum("ij,njhw->nihw", torch.linalg.inv(yiq), torch.stack([luma, i, q], 1))
+    return rgb.clamp(0, 1)
+
+
+# ---------------------------------------------------------------------- phase 1: the VAE
+
+def train_vae(vae, world, args, deadline, autocast, log) -> None:
+    """Reconstruction with a sampled latent, plus edges and a small KL (the docstring's L_VAE), on a
+    batch of videos and a batch of single frames each step (frames: more scenes for the same compute)."""
+    init_encoder_scale(vae, world, args)
+    vae.requires_grad_(True).train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    step, t0 = 0, time.time()
+    while step < args.vae_steps and time.time() < deadline:
+        for group in optimizer.param_groups:
+            group["lr"] = args.vae_lr * min(1.0, (step + 1) / args.warmup)
+        optimizer.zero_grad(set_to_none=True)
+        for batch, frames in ((args.vae_batch, args.frames), (args.vae_image_batch, 1)):
+            x, _, _ = world.batch(batch, frames, args.size)                  # [B, 3, F, H, W]
+            loss, metrics = _vae_loss(vae, x, args, autocast)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        if step % 100 == 0:
+            log("vae", {"step": step, **metrics, "seconds": time.time() - t0})  # metrics of the frames batch
+        step += 1
+    log("vae_end", {"steps": step, "stopped_by": "steps" if step >= args.vae_steps else "budget",
+                    "seconds": time.time() - t0})
+    vae.requires_grad_(False).eval()
+
+
+def _vae_loss(vae, x, args, autocast):
+    with autocast:
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample.float()                # [B, 3, F, H, W]
+    l1 = (recon - x).abs().mean()
+    edges = sum((recon.diff(dim=d) - x.diff(dim=d)).abs().mean() for d in (-1, -2))
+    kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1 - posterior.logvar).float().mean()  # per element
+    loss = l1 + args.grad_weight * edges + args.kl_weight * kl
+    psnr = -10 * math.log10(((recon.detach() - x) / 2).pow(2).mean().item() + 1e-12)
+    return loss, {"loss": loss.item(), "l1": l1.item(), "kl": kl.item(), "psnr": psnr}
+
+
+@torch.no_grad()
+def init_encoder_scale(vae, world, args) -> None:
+    """Data-dependent initialization (ours): scale the encoder's posterior means to zero mean and unit
+    variance on real frames and start its noise small (σ = e^-2), so the decoder sees the picture from
+    the first step. From the random init the means are ~0.15 and the noise σ ~1, and the decoder learns
+    the average frame for hundreds of steps first."""
+    x, _, _ = world.batch(args.vae_batch, args.frames, args.size)
+    mean = vae.encode(x).latent_dist.mean.transpose(0, 1).flatten(1)         # [C, N]
+    m, s = mean.mean(1), mean.std(1)
+    C = len(m)
+    q = vae.quant_conv
+    q.weight[:C] /= s.view(C, 1, 1, 1, 1)
+    q.bias[:C] = (q.bias[:C] - m) / s
+    q.bias[C:] -= 4.0                                                        # log-variance: σ shrinks by e^-2
+
+
+@torch.no_grad()
+def calibrate_latents(vae, world, args, autocast, log, batches: int = 8) -> None:
+    """Fold z' = a·z + b into the VAE so that model.py's normalization (z' − M)/S is standardized.
+
+    With m, s the measured per-channel mean and std of the posterior means z and M, S the config's
+    latents_mean/std: a = S/s, b = M − a·m. The encoder's quant_conv outputs (mean, log-variance):
+    mean rows are scaled by a and shifted by b, log-variance rows shifted by 2·log a; the decoder's
+    post_quant_conv takes z = (z' − b)/a, folded into its weights. Reconstructions do not change."""
+    z = []
+    for _ in range(batches):
+        x, _, _ = world.batch(args.vae_batch, args.frames, args.size)
+        with autocast:
+            z.append(vae.encode(x).latent_dist.mean.float())                  # [B, C, f, h, w]
+    z = torch.cat(z).transpose(0, 1).flatten(1)                               # [C, N]
+    m, s = z.mean(1), z.std(1)
+    M = torch.tensor(vae.config.latents_mean, device=z.device)
+    S = torch.tensor(vae.config.latents_std, device=z.device)
+    a, b = S / s, M - S / s * m
+    C = len(m)
+    q, post = vae.quant_conv, vae.post_quant_conv                            # 1×1×1 convs
+    q.weight[:C] *= a.view(C, 1, 1, 1, 1)
+    q.bias[:C] = q.bias[:C] * a + b
+    q.bias[C:] += 2 * torch.log(a)
+    post.bias += (post.weight[:, :, 0, 0, 0] @ (-b / a))
+    post.weight /= a.view(1, C, 1, 1, 1)
+    log("calibrate", {"latent_mean": m.tolist(), "latent_std": s.tolist()})
+
+
+# ---------------------------------------------------------------------- phase 2: the transformer and text encoder
+
+@torch.no_grad()
+def encode_pool(model, world, args, deadline, autocast, log) -> list[tuple[torch.Tensor, list[str]]]:
+    """Videos encoded once, as model.py's normalized latents: [(latents [N, C, f, h, w], captions)]."""
+    pools, t0 = [], time.time()
+    n_long = int(args.pool_videos * args.long_fraction)
+    for frames, count in ((args.frames, args.pool_videos - n_long), (args.long_frames, n_long)):
+        latents, captions = [], []
+        batch = max(1, min(256, 2048 // frames))
+        while len(captions) < count and (time.time() < deadline or not captions):
+            x, caps, _ = world.batch(min(batch, count - len(captions)), frames, args.size)
+            with autocast:
+                z = model.vae.encode(x).latent_dist.mode().float()
+            latents.append(model._normalize(z).to(torch.bfloat16))          # model.py's latent space
+            captions += caps
+        if count and captions:
+            pools.append((torch.cat(latents), captions))
+        log("pool", {"frames": frames, "videos": len(captions), "seconds": time.time() - t0})
+    return pools
+
+
+def train_transformer(model, pools, args, deadline, autocast, log) -> None:
+    """Flow matching on the pool (the docstring's L_FM), transformer and text encoder together, EMA kept."""
+    params = [p for m in (model.transformer, model.pipe.text_encoder) for p in m.parameters()]
+    for module in (model.transformer, model.pipe.text_encoder):
+        module.requires_grad_(True).train()
+    ema = [p.detach().clone() for p in params]
+    optimizer = torch.optim.AdamW(params, lr=args.dit_lr, betas=(0.9, 0.99), weight_decay=0.01)
+    generator = torch.Generator().manual_seed(args.seed)
+    sizes = np.array([len(c) for _, c in pools], float)                      # every pooled video equally often
+    step, t0, last_save, running = 0, time.time(), time.time(), []
+    while step < args.dit_steps and time.time() < deadline:
+        for group in optimizer.param_groups:
+            group["lr"] = args.dit_lr * min(1.0, (step + 1) / args.warmup)
+        latents, captions = pools[np.random.default_rng([args.seed, step]).choice(len(pools), p=sizes / sizes.sum())]
+        idx = torch.randint(0, len(captions), (args.dit_batch,), generator=generator)
+        x0 = latents[idx.to(latents.device)].float()                          # [B, C, f, h, w]
+        drop = torch.rand(args.dit_batch, generator=generator) < args.caption_dropout
+        texts = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist())]
+        t = model.sample_timesteps(args.dit_batch, generator)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        with autocast:
+            text_emb, _ = model.pipe.encode_prompt(prompt=texts, do_classifier_free_guidance=False,
+                                                   max_sequence_length=model.defaults.max_text_tokens,
+                                                   device=x0.device)          # [B, L, D], with grad
+            pred = model.predict(model.add_noise(x0, noise, t), t, text_emb)
+        loss = (pred - model.target(x0, noise, t)).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            decay = min(args.ema, (1 + step) / (10 + step))                  # short memory while it warms up
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        running.append(loss.item())
+        if step % 200 == 0:
+            log("transformer", {"step": step, "loss": float(np.mean(running)), "seconds": time.time() - t0})
+            running = []
+        if time.time() - last_save > args.save_every_s:
+            _with_ema(params, ema, lambda: save(model.pipe, ["transformer", "text_encoder"], args.out))
+            last_save = time.time()
+        step += 1
+    log("transformer_end", {"steps": step, "stopped_by": "steps" if step >= args.dit_steps else "budget",
+                            "seconds": time.time() - t0})
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.copy_(e)
+    for module in (model.transformer, model.pipe.text_encoder):
+        module.requires_grad_(False).eval()
+
+
+def _with_ema(params, ema, fn) -> None:
+    """Run fn with the EMA weights swapped in, then put the trained ones back."""
+    with torch.no_grad():
+        backup = [p.detach().clone() for p in params]
+        for p, e in zip(params, ema):
+            p.copy_(e)
+        fn()
+        for p, b in zip(params, backup):
+            p.copy_(b)
+
+
+def save(pipe, components, out: str) -> None:
+    """<out>/<component>.safetensors, fp32, written under a temporary name and moved into place."""
+    from safetensors.torch import save_file
+
+    for name in components:
+        # clone: the text encoder ties its embedding to `shared`, and safetensors stores no shared tensors
+        state = {k: v.detach().float().cpu().clone() for k, v in getattr(pipe, name).state_dict().items()}
+        path = os.path.join(out, f"{name}.safetensors")
+        save_file(state, path + ".partial")
+        os.replace(path + ".partial", path)
+
+
+class Log:
+    """Print each record and append it to a JSON-lines file."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __call__(self, event: str, record: dict) -> None:
+        line = json.dumps({"event": event, **record})
+        print(line, flush=True)
+        with open(self.path, "a") as handle:
+            handle.write(line + "\n")
+
+
+# ---------------------------------------------------------------------- does a video move as captioned?
+
+def measure_motion(video: np.ndarray) -> dict:
+    """Mean optical flow of a uint8 video [F, H, W, 3] (DIS, px per frame at its own size):
+    dx, dy (translation; + is right / down) and zoom (mean radial flow over radius: + magnifies)."""
+    import cv2
+
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in video]
+    h, w = grey[0].shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    rx, ry = xx - (w - 1) / 2, yy - (h - 1) / 2                                # [h, w]
+    dx, dy, zoom, mag = [], [], [], []
+    for a, b in zip(grey[:-1], grey[1:]):
+        flow = dis.calc(a, b, None)                                            # [h, w, 2]
+        dx.append(float(np.median(flow[..., 0])))
+        dy.append(float(np.median(flow[..., 1])))
+        zoom.append(float(((flow[..., 0] * rx + flow[..., 1] * ry) / (rx ** 2 + ry ** 2 + 1)).mean()))
+        mag.append(float(np.linalg.norm(flow, axis=-1).mean()))
+    return {"dx": float(np.mean(dx)), "dy": float(np.mean(dy)), "zoom": float(np.mean(zoom)),
+            "magnitude": float(np.mean(mag))}
+
+
+def follows_caption(motion: str, m: dict, min_px: float = 0.5, min_zoom: float = 0.005) -> bool:
+    """Whether measured motion m (measure_motion) matches the caption's motion: the sign of the
+    translation or zoom for directed motions, movement for sways and shakes, none for "still"."""
+    expected = {"camera pans left": ("dx", 1), "camera pans right": ("dx", -1), "camera tilts up": ("dy", 1),
+                "camera tilts down": ("dy", -1), "camera zooms in": ("zoom", 1), "camera zooms out": ("zoom", -1)}
+    if motion in expected:
+        key, sign = expected[motion]
+        return m[key] * sign > (min_zoom if key == "zoom" else min_px)
+    if motion == "still":
+        return m["magnitude"] < min_px
+    return m["magnitude"] > min_px
+
+
+def caption_follow_rate(videos, motions) -> float:
+    """Fraction of videos uint8 [n, F, H, W, 3] whose motion follows their caption's."""
+    return float(np.mean([follows_caption(mo, measure_motion(v)) for v, mo in zip(videos, motions)]))
+
+
+if __name__ == "__main__":
+    main()

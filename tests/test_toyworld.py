@@ -1,0 +1,89 @@
+"""The toy world (pretrain_tiny.py): its videos move as captioned, pretraining runs, the shipped weights work."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pretrain_tiny as pt
+import tiny
+from model import DEFAULTS, VideoModel
+
+SHIPPED = Path(tiny.TINY_WEIGHTS_DIR) / "tiny"
+
+
+def test_every_motion_moves_as_its_caption_says():
+    world = pt.ToyWorld("cpu", seed=3)
+    videos, captions, motions = world.batch(45, frames=9, size=128)           # [n, 3, F, H, W]
+    assert videos.shape == (45, 3, 9, 128, 128) and videos.min() >= -1 and videos.max() <= 1
+    assert set(motions) == set(pt.MOTIONS)
+    for caption, motion in zip(captions, motions):
+        assert caption.startswith(("a photo of", "a close-up photo of", "a still image of")) == (motion == "still")
+    rate = pt.caption_follow_rate(pt.to_uint8(videos), motions)
+    assert rate >= 0.85, f"only {rate:.2f} of the toy world's videos move as captioned"
+
+
+def test_a_leftward_pan_flows_right_and_a_zoom_in_flows_outward():
+    rng = np.random.default_rng(0)
+    canvas = torch.rand(1, 3, pt.CANVAS, pt.CANVAS)
+    canvas = torch.nn.functional.avg_pool2d(canvas, 9, 1, 4)                   # smooth texture: flow is well defined
+    for motion, key, sign in (("camera pans left", "dx", 1), ("camera tilts down", "dy", -1),
+                              ("camera zooms in", "zoom", 1)):
+        cams = torch.from_numpy(pt.camera_path(motion, 9, 128, rng)).float()[None]  # [1, F, 3]
+        video = pt.to_uint8(pt.render(canvas, cams, 128))[0]
+        assert pt.measure_motion(video)[key] * sign > 0, motion
+
+
+def test_no_face_image_is_in_the_pretraining_data():
+    assert not set(pt.NATURAL_IMAGES) & set(pt.FACE_IMAGES)
+    assert "astronaut" in pt.FACE_IMAGES  # the benchmark's identity
+
+
+def test_latent_calibration_keeps_reconstructions_and_standardizes_latents():
+    pipe = tiny.build_tiny_pipeline("tiny", pretrained=False)
+    model = VideoModel(pipe, "wan", DEFAULTS["tiny"], "tiny")
+    world = pt.ToyWorld("cpu", seed=0)
+    args = pt.parse_args(["--device", "cpu", "--size", "32", "--frames", "5", "--vae-batch", "8"])
+    x, _, _ = world.batch(2, 5, 32)
+    with torch.no_grad():
+        before = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mode()).sample
+        pt.calibrate_latents(pipe.vae, world, args, torch.autocast("cpu", enabled=False), lambda *a: None)
+        after = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mode()).sample
+        z = model._normalize(pipe.vae.encode(world.batch(16, 5, 32)[0]).latent_dist.mode())
+    assert torch.allclose(before, after, atol=1e-4)
+    assert abs(z.mean().item()) < 0.2 and 0.8 < z.std().item() < 1.2
+
+
+def test_pretraining_runs_a_few_steps_on_cpu_and_tiny_loads_what_it_writes(tmp_path):
+    pt.main(["--device", "cpu", "--out", str(tmp_path), "--size", "32", "--frames", "5", "--long-frames", "9",
+             "--vae-steps", "2", "--vae-batch", "2", "--vae-image-batch", "2", "--pool-videos", "8",
+             "--dit-steps", "3", "--dit-batch", "4", "--budget-s", "120", "--reserve-s", "1"])
+    names = {p.name for p in tmp_path.glob("*.safetensors")}
+    assert names == {"vae.safetensors", "transformer.safetensors", "text_encoder.safetensors"}
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.safetensors")) <= 20e6
+    pipe = tiny.build_tiny_pipeline("tiny", pretrained=False)
+    tiny._load_pretrained_tiny_weights(pipe, str(tmp_path))  # strict: every key of every component
+    log = (tmp_path / "pretrain_log.jsonl").read_text()
+    assert '"vae_end"' in log and '"transformer_end"' in log
+
+
+@pytest.mark.skipif(not (SHIPPED / "vae.safetensors").is_file(), reason="no shipped toy-world weights")
+def test_shipped_vae_reconstructs_a_face_it_never_saw_better_than_random_weights():
+    from skimage import data
+
+    from faces import DlibFaceEncoder
+    from sampling import crop_around_face, static_video
+
+    photo = data.astronaut()
+    encoder = DlibFaceEncoder()
+    face = max(encoder.find_faces(photo, thorough=True), key=lambda f: f.area)
+    clip = static_video(crop_around_face(photo, face.box, 1.0, 2.0), 9, 128, 128, jitter=0)[None]  # [1, 9, 128, 128, 3]
+    errors = {}
+    for name, pretrained in (("shipped", True), ("random", False)):
+        model = VideoModel(tiny.build_tiny_pipeline("tiny", pretrained=pretrained), "wan", DEFAULTS["tiny"], "tiny")
+        recon = model.decode(model.encode_video(clip))
+        errors[name] = np.abs(recon.astype(float) - clip.astype(float)).mean() / 255
+        if pretrained:
+            assert encoder.find_faces(recon[0, 4]), "dlib finds no face in the shipped VAE's reconstruction"
+    assert errors["shipped"] < 0.5 * errors["random"], errors
