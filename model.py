@@ -40,6 +40,13 @@ MODEL_PRESETS = {
     "cogvideox-5b": "THUDM/CogVideoX-5b",
 }
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
+# Which linear layers a LoRA adapts (peft matches module names by suffix; both Wan's and CogVideoX's blocks
+# name them so). Attention alone is the usual recipe for a pretrained video model; the toy world's tiny base,
+# which has never seen a face, learns one only when its feed-forward layers adapt too (bench/TOYWORLD.md).
+LORA_TARGETS = {
+    "attention": ("to_q", "to_k", "to_v", "to_out.0"),
+    "attention+ffn": ("to_q", "to_k", "to_v", "to_out.0", "net.0.proj", "net.2"),
+}
 
 
 class ModelLoadError(RuntimeError):
@@ -280,12 +287,13 @@ class VideoModel:
 
     # ------------------------------------------------------------------ LoRA adapters
 
-    def add_lora(self, rank: int, targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
-                 name: str = "default", trainable: bool = True, alpha: float | None = None) -> None:
-        """Attach a fresh LoRA (B = 0, so the output is unchanged) to the attention projections."""
+    def add_lora(self, rank: int, targets: str = "attention", name: str = "default", trainable: bool = True,
+                 alpha: float | None = None) -> None:
+        """Attach a fresh LoRA (B = 0, so the output is unchanged) to the layers of LORA_TARGETS[targets]."""
         from peft import LoraConfig
 
-        config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(targets), init_lora_weights=True)
+        config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(LORA_TARGETS[targets]),
+                            init_lora_weights=True)
         with _several_adapters_expected():
             self.transformer.add_adapter(config, adapter_name=name)
         self._register_adapter(name, trainable)

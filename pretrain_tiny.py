@@ -62,17 +62,21 @@ def main(argv=None) -> None:
     os.makedirs(args.out, exist_ok=True)
     start = time.time()
     torch.manual_seed(args.seed)
+    torch.backends.cudnn.benchmark = True  # the VAE's 3-D convolutions: pick the fastest kernels once
     device = torch.device(args.device)
-    pipe = tiny.build_tiny_pipeline("tiny", pretrained=False).to(device)
+    pipe = tiny.build_tiny_pipeline("tiny", pretrained=False)
+    if args.init:  # continue from an earlier run's weights
+        tiny._load_pretrained_tiny_weights(pipe, args.init)
+    pipe.to(device)
     model = VideoModel(pipe, "wan", DEFAULTS["tiny"], "tiny")  # the objective of every later stage
     world = ToyWorld(device, seed=args.seed)
     log = Log(os.path.join(args.out, "pretrain_log.jsonl"))
     log("setup", {"device": str(device), "canvases": world.describe(), "args": vars(args)})
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=args.bf16)
 
-    vae_deadline = start + args.vae_share * args.budget_s
-    train_vae(pipe.vae, world, args, vae_deadline, autocast, log)
-    calibrate_latents(pipe.vae, world, args, autocast, log)
+    if args.vae_steps > 0:  # else the VAE (of --init) and so its latent space stay as they are
+        train_vae(pipe.vae, world, args, start + args.vae_share * args.budget_s, autocast, log)
+        calibrate_latents(pipe.vae, world, args, autocast, log)
     save(pipe, ["vae"], args.out)
 
     pools = encode_pool(model, world, args, start + (args.vae_share + args.pool_share) * args.budget_s, autocast, log)
@@ -86,21 +90,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=os.path.join(tiny.TINY_WEIGHTS_DIR, "tiny"), help="folder for the weights and log")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", default=None, help="folder of weights to continue from (an earlier --out)")
     p.add_argument("--budget-s", type=float, default=520.0, help="wall-clock seconds for the whole run")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: on CUDA)")
     p.add_argument("--size", type=int, default=DEFAULTS["tiny"].height, help="video side, px (the preset's 128)")
     p.add_argument("--frames", type=int, default=DEFAULTS["tiny"].frames, help="frames of the VAE's and most pooled videos")
-    p.add_argument("--vae-steps", type=int, default=4000, help="VAE steps (or its share of the budget)")
+    p.add_argument("--vae-steps", type=int, default=20000, help="VAE steps (or its share of the budget)")
     p.add_argument("--vae-batch", type=int, default=8, help="videos per VAE step")
-    p.add_argument("--vae-image-batch", type=int, default=32, help="single frames per VAE step, besides the videos")
-    p.add_argument("--vae-lr", type=float, default=1e-3)
-    p.add_argument("--vae-share", type=float, default=0.38, help="fraction of --budget-s for the VAE")
+    p.add_argument("--vae-image-batch", type=int, default=48, help="single frames per VAE step, besides the videos")
+    p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--vae-share", type=float, default=0.58, help="fraction of --budget-s for the VAE")
     p.add_argument("--grad-weight", type=float, default=0.5, help="λ_∇: L1 on image gradients (sharp edges)")
     p.add_argument("--kl-weight", type=float, default=1e-4, help="λ_KL, per latent element vs per pixel")
     p.add_argument("--pool-videos", type=int, default=24576, help="videos encoded once for the transformer")
     p.add_argument("--long-fraction", type=float, default=0.25, help="of those, the fraction with --long-frames")
     p.add_argument("--long-frames", type=int, default=17, help="longer videos, so sampling past 9 frames works")
-    p.add_argument("--pool-share", type=float, default=0.1, help="fraction of --budget-s for encoding the pool")
+    p.add_argument("--pool-share", type=float, default=0.06, help="fraction of --budget-s for encoding the pool")
     p.add_argument("--dit-steps", type=int, default=20000, help="transformer steps (or the rest of the budget)")
     p.add_argument("--dit-batch", type=int, default=128, help="latent videos per transformer step")
     p.add_argument("--dit-lr", type=float, default=1e-3)
@@ -304,7 +309,7 @@ def train_vae(vae, world, args, deadline, autocast, log) -> None:
     step, t0 = 0, time.time()
     while step < args.vae_steps and time.time() < deadline:
         for group in optimizer.param_groups:
-            group["lr"] = args.vae_lr * min(1.0, (step + 1) / args.warmup)
+            group["lr"] = learning_rate(args.vae_lr, step, args.vae_steps, args.warmup, t0, deadline)
         optimizer.zero_grad(set_to_none=True)
         for batch, frames in ((args.vae_batch, args.frames), (args.vae_image_batch, 1)):
             x, _, _ = world.batch(batch, frames, args.size)                  # [B, 3, F, H, W]
@@ -318,6 +323,13 @@ def train_vae(vae, world, args, deadline, autocast, log) -> None:
     log("vae_end", {"steps": step, "stopped_by": "steps" if step >= args.vae_steps else "budget",
                     "seconds": time.time() - t0})
     vae.requires_grad_(False).eval()
+
+
+def learning_rate(peak, step, steps, warmup, start, deadline) -> float:
+    """Linear warm-up, then a cosine from peak to peak/10 over the phase, whose progress is the larger
+    of its steps and its wall-clock budget used (the phase ends at whichever runs out first)."""
+    progress = min(1.0, max(step / steps, (time.time() - start) / max(1e-9, deadline - start)))
+    return peak * min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
 def _vae_loss(vae, x, args, autocast):
@@ -406,23 +418,22 @@ def train_transformer(model, pools, args, deadline, autocast, log) -> None:
     ema = [p.detach().clone() for p in params]
     optimizer = torch.optim.AdamW(params, lr=args.dit_lr, betas=(0.9, 0.99), weight_decay=0.01)
     generator = torch.Generator().manual_seed(args.seed)
+    device_generator = torch.Generator(model.device).manual_seed(args.seed)
     sizes = np.array([len(c) for _, c in pools], float)                      # every pooled video equally often
+    tokens = CaptionTokens(model, [c for _, captions in pools for c in captions] + [""])
     step, t0, last_save, running = 0, time.time(), time.time(), []
     while step < args.dit_steps and time.time() < deadline:
         for group in optimizer.param_groups:
-            group["lr"] = args.dit_lr * min(1.0, (step + 1) / args.warmup)
+            group["lr"] = learning_rate(args.dit_lr, step, args.dit_steps, args.warmup, t0, deadline)
         latents, captions = pools[np.random.default_rng([args.seed, step]).choice(len(pools), p=sizes / sizes.sum())]
         idx = torch.randint(0, len(captions), (args.dit_batch,), generator=generator)
         x0 = latents[idx.to(latents.device)].float()                          # [B, C, f, h, w]
         drop = torch.rand(args.dit_batch, generator=generator) < args.caption_dropout
         texts = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist())]
         t = model.sample_timesteps(args.dit_batch, generator)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=device_generator, device=x0.device)
         with autocast:
-            text_emb, _ = model.pipe.encode_prompt(prompt=texts, do_classifier_free_guidance=False,
-                                                   max_sequence_length=model.defaults.max_text_tokens,
-                                                   device=x0.device)          # [B, L, D], with grad
-            pred = model.predict(model.add_noise(x0, noise, t), t, text_emb)
+            pred = model.predict(model.add_noise(x0, noise, t), t, tokens.embed(texts))  # text: [B, L, D], with grad
         loss = (pred - model.target(x0, noise, t)).pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -431,9 +442,9 @@ def train_transformer(model, pools, args, deadline, autocast, log) -> None:
         with torch.no_grad():
             decay = min(args.ema, (1 + step) / (10 + step))                  # short memory while it warms up
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
-        running.append(loss.item())
+        running.append(loss.detach())
         if step % 200 == 0:
-            log("transformer", {"step": step, "loss": float(np.mean(running)), "seconds": time.time() - t0})
+            log("transformer", {"step": step, "loss": torch.stack(running).mean().item(), "seconds": time.time() - t0})
             running = []
         if time.time() - last_save > args.save_every_s:
             _with_ema(params, ema, lambda: save(model.pipe, ["transformer", "text_encoder"], args.out))
@@ -446,6 +457,26 @@ def train_transformer(model, pools, args, deadline, autocast, log) -> None:
             p.copy_(e)
     for module in (model.transformer, model.pipe.text_encoder):
         module.requires_grad_(False).eval()
+
+
+class CaptionTokens:
+    """The captions' token ids, tokenized once (the vocabulary is small), and their text embeddings with
+    grad: what WanPipeline.encode_prompt computes (the encoder's hidden states of the real tokens, zeros
+    after them), minus the per-step tokenization that dominated a step on the GPU."""
+
+    def __init__(self, model, captions: list[str]):
+        self.text_encoder = model.pipe.text_encoder
+        self.index = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+        batch = model.pipe.tokenizer(list(self.index), padding="max_length", max_length=model.defaults.max_text_tokens,
+                                     truncation=True, add_special_tokens=True, return_attention_mask=True,
+                                     return_tensors="pt")
+        self.ids, self.mask = batch.input_ids.to(model.device), batch.attention_mask.to(model.device)  # [U, L]
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        rows = torch.tensor([self.index[t] for t in texts], device=self.ids.device)
+        ids, mask = self.ids[rows], self.mask[rows]                                      # [B, L]
+        hidden = self.text_encoder(ids, mask).last_hidden_state                          # [B, L, D]
+        return hidden * mask[..., None].to(hidden.dtype)
 
 
 def _with_ema(params, ema, fn) -> None:

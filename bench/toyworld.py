@@ -160,7 +160,7 @@ def check_claims(short: dict, long: dict) -> dict:
     def separated(table, low, high, metric):
         return table[low][metric][2] < table[high][metric][1]  # low's upper bound below high's lower bound
 
-    curve = {v: np.asarray(long[v]["id_curve"]) for v in VARIANTS}
+    curve = {v: np.asarray(long[v]["id_curve"]["mean"]) for v in VARIANTS}
     third = {v: (float(c[: len(c) // 3].mean()), float(c[-(len(c) // 3):].mean())) for v, c in curve.items()}
     return {
         "baseline r_dyn below base": bool(mean(short, "identity stage", "r_dyn") < mean(short, "base", "r_dyn")),
@@ -188,11 +188,12 @@ def report(results: dict) -> str:
             cells = [f"{metrics[m][0]:.3f} [{metrics[m][1]:.3f}, {metrics[m][2]:.3f}]" for m in TABLE_METRICS]
             lines.append(f"| {variant} | {metrics['n']} | " + " | ".join(cells) + " |")
         lines.append("")
+    positions = results["table_long"]["base"]["id_curve"]["position"]
+    frames = [round(p * (LONG_FRAMES - 1)) for p in positions]
     lines += [f"## r_id per frame, {LONG_FRAMES}-frame videos (mean over identities × prompts × seeds)", "",
-              "| model | " + " | ".join(str(i) for i in range(len(results["table_long"]["base"]["id_curve"]))) + " |",
-              "|---" * (len(results["table_long"]["base"]["id_curve"]) + 1) + "|"]
+              "| model \\ frame | " + " | ".join(str(f) for f in frames) + " |", "|---" * (len(frames) + 1) + "|"]
     for variant, metrics in results["table_long"].items():
-        lines.append(f"| {variant} | " + " | ".join(f"{v:.2f}" for v in metrics["id_curve"]) + " |")
+        lines.append(f"| {variant} | " + " | ".join(f"{v:.2f}" for v in metrics["id_curve"]["mean"]) + " |")
     lines += ["", "## Claims", ""]
     for claim, held in results["claims"].items():
         if claim != "id_curve_thirds":
