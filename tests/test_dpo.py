@@ -154,9 +154,9 @@ def draw(seed):
 
 
 def test_preference_step_starts_at_log2_and_one_sgd_step_prefers_the_winner(tiny):
-    # One step down the gradient β/4·(∇e_w − ∇e_l) lowers e_θ(w) − e_θ(l) (first order:
-    # by ‖∇e_w − ∇e_l‖²); e_θ(w) itself falls and e_θ(l) rises when the two gradients are not
-    # too aligned, as for these independent latents. Same t and ε before and after (same seed).
+    # One step down the gradient β/4·(∇e_w − ∇e_l) lowers e_θ(w) − e_θ(l) (first order: by
+    # ‖∇e_w − ∇e_l‖²), whether each error alone falls or rises (that depends on how aligned the two
+    # gradients are). Same t and ε before and after (same seed).
     model, batch = tiny
     loss, before = preference_step(model, batch, generator=draw(0))
     assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
@@ -166,8 +166,7 @@ def test_preference_step_starts_at_log2_and_one_sgd_step_prefers_the_winner(tiny
     torch.optim.SGD(params, lr=1e-2 / grad_norm.item()).step()
     with torch.no_grad():
         _, after = preference_step(model, batch, generator=draw(0))
-    assert after["err_w"] < before["err_w"]
-    assert after["err_l"] > before["err_l"]
+    assert after["err_w"] - after["err_l"] < before["err_w"] - before["err_l"]
     assert after["loss"] < math.log(2) and after["reward_margin"] > 0 and after["implicit_accuracy"] == 1.0
 
 

@@ -14,9 +14,9 @@ def wan():
     return VideoModel.from_pretrained("tiny")
 
 
-def random_lora(model: VideoModel, name: str, seed: int, rank: int = 4):
+def random_lora(model: VideoModel, name: str, seed: int, rank: int = 4, targets: str = "attention"):
     """A LoRA whose B is not zero, so it changes the output (peft initialises B = 0)."""
-    model.add_lora(rank, name=name)
+    model.add_lora(rank, targets, name=name)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.lora_parameters(name):
@@ -119,9 +119,15 @@ def test_switching_to_the_reference_adapter_never_changes_what_trains():
         assert torch.equal(reference, model.predict(x_t, t, text_emb))
 
 
-def test_lora_save_then_load_into_a_fresh_model_reproduces_outputs(tmp_path):
+@pytest.mark.parametrize("targets", ["attention", "attention+ffn"])
+def test_lora_save_then_load_into_a_fresh_model_reproduces_outputs(tmp_path, targets):
     trained = VideoModel.from_pretrained("tiny")
-    random_lora(trained, "default", seed=2)
+    random_lora(trained, "default", seed=2, targets=targets)
+    adapted = {n.rsplit(".lora_A", 1)[0].split("blocks.0.")[-1] for n, _ in trained.transformer.named_parameters()
+               if "blocks.0." in n and ".lora_A" in n}
+    ffn = {"ffn.net.0.proj", "ffn.net.2"}
+    assert adapted == {f"attn{i}.{m}" for i in (1, 2) for m in ("to_q", "to_k", "to_v", "to_out.0")} | (
+        ffn if targets == "attention+ffn" else set())
     trained.save_lora(str(tmp_path))
     assert (tmp_path / "pytorch_lora_weights.safetensors").is_file()
     fresh = VideoModel.from_pretrained("tiny")
