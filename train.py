@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 import eval as evaluation
+import fast_sampling
 import parallel
 import report
 from checkpoint import Run
@@ -91,6 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     v.add_argument("--height", type=int, default=None, help="pixels (default: the model's)")
     v.add_argument("--width", type=int, default=None, help="pixels (default: the model's)")
     v.add_argument("--sample-steps", type=int, help="denoising steps when generating (12 / 30)")
+    v.add_argument("--cfg-interval", type=int, default=1,
+                   help="repository fast mode (Wan): the unconditional CFG branch only every k-th step, lossy; "
+                        "1 = exact (bench/NOTES.md measures its speed and its effect on the rewards)")
     v.add_argument("--static-videos", type=int, help="static videos made from the photos (4 / 16)")
     v.add_argument("--face-framing", type=float,
                    help="static videos show the photo cropped to this many face heights (0: the whole photo; 1.5 / 3)")
@@ -132,6 +136,9 @@ def main(argv=None) -> Path:
         refs = load_references(args.ref, encoder)
         model = load_model_from_args(args, args.grad_checkpointing, args.checkpoint_blocks)
         model.check_video_size(args.frames, args.height, args.width)
+        if args.cfg_interval > 1 and not fast_sampling.supports(model):
+            raise ValueError(f"--cfg-interval needs a flow-matching (Wan) model; {args.model!r} samples with "
+                             "its own pipeline: leave --cfg-interval at 1")
     except (ReferencePhotoError, ModelLoadError, FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
     delta_id = args.delta_id if args.delta_id is not None else ID_CALIBRATION[encoder.name].delta_id
@@ -240,7 +247,11 @@ def build_repository(repo, model, prompts, round_index, args, video, scored_add)
         if not seeds:
             continue
         with model.adapter(adapter):
-            videos, latents = model.sample([prompt] * len(seeds), seed=seeds, **video)
+            if args.cfg_interval > 1:  # fast mode: fast_sampling's own loop (Wan only; checked at start)
+                videos, latents = fast_sampling.sample(model, [prompt] * len(seeds), seed=seeds,
+                                                       cfg_interval=args.cfg_interval, **video)
+            else:
+                videos, latents = model.sample([prompt] * len(seeds), seed=seeds, **video)
         scored_add(videos, latents, [prompt] * len(seeds), source, seeds)
     parallel.barrier()
     return Repository(repo.root)  # re-read: the other processes' videos are on disk now

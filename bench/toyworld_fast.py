@@ -3,8 +3,8 @@
 The preference repository may be generated in fast mode (fewer UniPC steps, the unconditional CFG branch
 only every k-th step). bench/NOTES.md gives each flag's speed-up and latent difference on the H100; this
 script asks the question that matters for MagicID: do the rewards the pairs are chosen by (r_id, face-hit
-rate, r_dyn) stay the same? For the identity-stage and MagicID LoRAs of a finished toy-world run
-(bench/toyworld.py), it samples the repository prompts × seeds with each variant from the same noise and
+rate, r_dyn) stay the same? For the base and the identity-stage and MagicID LoRAs of a finished toy-world
+run (bench/toyworld.py), it samples the repository prompts × seeds with each variant from the same noise and
 prints mean [95 % CI] of each reward, the mean per-video change against the exact sampler, and seconds per
 video on this machine.
 
@@ -61,13 +61,13 @@ def main(argv=None) -> str:
              f"{len(prompts)} repository prompts × {args.seeds} seeds per LoRA, same noise for every variant; "
              "Δ = mean |reward − exact reward| per video.", "",
              "| LoRA | sampler | s/video | r_id | face_hit_rate | r_dyn | Δr_id | Δr_dyn |", "|---" * 8 + "|"]
-    for lora in ("identity", "magicid"):
-        model.set_adapter(lora)
+    for lora in (None, "identity", "magicid"):  # the base's videos move: the check r_dyn needs
         exact = None
         for name, flags in variants(config["sample_steps"]).items():
             start = time.perf_counter()
-            videos, _ = fast_sampling.sample(model, all_prompts, frames=config["frames"], height=config["height"],
-                                             width=config["width"], seed=seeds, **flags)
+            with model.adapter(lora):
+                videos, _ = fast_sampling.sample(model, all_prompts, frames=config["frames"], height=config["height"],
+                                                 width=config["width"], seed=seeds, **flags)
             seconds = (time.perf_counter() - start) / len(videos)
             rows = score_videos(videos, all_prompts, refs, encoder, fps=model.defaults.fps, progress=False)
             rewards = {r: np.array([row[r] for row in rows]) for r in REWARDS}
@@ -77,7 +77,7 @@ def main(argv=None) -> str:
                 mean, low, high = bootstrap_ci(rewards[r])
                 cells.append(f"{mean:.3f} [{low:.3f}, {high:.3f}]")
             deltas = [f"{np.abs(rewards[r] - exact[r]).mean():.3f}" for r in ("r_id", "r_dyn")]
-            lines.append(f"| {lora} | {name} | {seconds:.2f} | " + " | ".join(cells + deltas) + " |")
+            lines.append(f"| {lora or 'base'} | {name} | {seconds:.2f} | " + " | ".join(cells + deltas) + " |")
             print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     (run / "fast_sampling_rewards.md").write_text(text)

@@ -36,7 +36,7 @@ def train(args, **kwargs):
 
 def test_tiny_run_produces_every_output(tmp_path):
     out = tmp_path / "run"
-    process = train(["--ref", astronaut(tmp_path), "--out", str(out), *QUICK])
+    process = train(["--ref", astronaut(tmp_path), "--out", str(out), *QUICK, "--cfg-interval", "2"])  # fast mode
     _, err = process.communicate(timeout=600)
     assert process.returncode == 0, err[-3000:]
     for name in ("identity_lora", "magicid_lora"):
@@ -75,3 +75,11 @@ def test_a_run_killed_at_a_random_moment_resumes_to_the_same_lora(tmp_path):
     assert whole.keys() == killed.keys()
     for key in whole:  # bitwise, not approximately
         assert (whole[key] == killed[key]).all(), f"{key} differs (kill after {kill_after:.1f}s, seed {seed})"
+
+
+def test_fast_mode_on_a_model_without_fast_sampling_is_refused_before_any_work(tmp_path):
+    process = train(["--ref", astronaut(tmp_path), "--out", str(tmp_path / "run"), *QUICK,
+                     "--model", "tiny-cogvideox", "--cfg-interval", "2"])
+    _, err = process.communicate(timeout=300)
+    assert process.returncode != 0 and "--cfg-interval" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "repository").exists()
