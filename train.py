@@ -44,10 +44,10 @@ PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 # Defaults that differ between a CPU run of the tiny preset and Wan2.1-1.3B on one 80 GB GPU (ours).
 PRESETS = {
     # tiny: the toy-world base (bench/TOYWORLD.md) learns a face it has never seen, and draws it in videos
-    # of other prompts, after ~2000 steps of a LoRA on attention and feed-forward layers; its VAE draws
-    # one dlib can find when the face fills the frame (1.5 face heights).
+    # of other prompts, after ~1200 steps at 2e-3 of a LoRA on attention and feed-forward layers; its VAE
+    # draws one dlib can find when the face fills the frame (1.5 face heights).
     # DPO at 2e-5: at 2e-4 the loss saturates within ~10 steps and the face is lost (bench/TOYWORLD.md).
-    "tiny": dict(identity_steps=2000, dpo_identity_steps=60, dpo_dynamic_steps=60, lr=1e-3, dpo_lr=2e-5,
+    "tiny": dict(identity_steps=1200, dpo_identity_steps=60, dpo_dynamic_steps=60, lr=2e-3, dpo_lr=2e-5,
                  rank=64, lora_targets="attention+ffn", face_framing=1.5, batch_size=2, videos_per_prompt=4,
                  num_prompts=4, static_videos=4, eval_prompts=3, eval_seeds=3, sample_steps=12, checkpoint_every=50,
                  grad_checkpointing=False),
@@ -69,12 +69,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--heldout-prompts", default=str(PROMPTS_DIR / "heldout.txt"), help="evaluation prompts")
     add_model_args(p)
     g = p.add_argument_group("schedule (defaults: tiny preset on CPU / Wan on GPU)")
-    g.add_argument("--identity-steps", type=int, help="identity-stage LoRA steps (tiny 2000 / gpu 800)")
+    g.add_argument("--identity-steps", type=int, help="identity-stage LoRA steps (tiny 1200 / gpu 800)")
     g.add_argument("--dpo-identity-steps", type=int, help="DPO steps on identity pairs (60 / 300)")
     g.add_argument("--dpo-dynamic-steps", type=int, help="DPO steps on dynamic pairs (60 / 300)")
     g.add_argument("--rounds", type=int, default=1, help="preference rounds; >1 regenerates the repository with "
                                                          "the current model (online, ours)")
-    g.add_argument("--lr", type=float, help="identity-stage learning rate (1e-3 / 1e-4)")
+    g.add_argument("--lr", type=float, help="identity-stage learning rate (2e-3 / 1e-4)")
     g.add_argument("--dpo-lr", type=float, help="DPO learning rate (2e-5 / 1e-5)")
     g.add_argument("--warmup", type=int, default=10, help="linear learning-rate warm-up, steps")
     g.add_argument("--rank", type=int, help="LoRA rank (64 / 64)")
@@ -127,7 +127,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> Path:
     args = parse_args(argv)
     # On a CPU, a saturated DPO loss sends gradients into the denormal range, where x86 arithmetic
-    # is ~10-100× slower (measured: tiny DPO steps went from 0.2 s to 3 s); zero them instead.
+    # is ~10-100× slower (measured: saturated tiny DPO steps took 1-3 s instead of 0.2 s); zero them instead.
     torch.set_flush_denormal(True)
     run = Run(args.out, config=vars(args), resume=args.resume)
     try:
