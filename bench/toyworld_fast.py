@@ -15,6 +15,7 @@ video on this machine.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -47,7 +48,7 @@ def main(argv=None) -> str:
     p.add_argument("--seeds", type=int, default=4, help="seeds per repository prompt")
     args = p.parse_args(argv)
     run = Path(args.run)
-    config = __import__("json").loads((run / "config.json").read_text())
+    config = json.loads((run / "config.json").read_text())
     model = VideoModel.from_pretrained(config["model"])
     encoder = make_face_encoder(config["id_backend"], config["id_model_root"])
     refs = load_references(config["ref"], encoder)
