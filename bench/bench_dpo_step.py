@@ -60,12 +60,7 @@ def main():
     args = parser.parse_args()
     if args.small:
         args.frames, args.long_frames, args.height, args.width, args.repeats = 9, 13, 64, 96, 2
-    device = "cuda" if torch.cuda.is_available() and not args.small else "cpu"
-    deadline = P.Deadline(args.budget_s)
-    P.configure_dynamo()
-    print(P.environment(), flush=True)
-    ceiling = P.matmul_ceiling() if device == "cuda" else float("nan")
-    print(f"bf16 matmul ceiling: {ceiling:.0f} TFLOP/s", flush=True)
+    device, deadline, ceiling = P.start(args.small, args.budget_s)
 
     model = P.build_published(device, torch.bfloat16, small=args.small)
     model.add_lora(args.rank, name="reference", trainable=False)   # the frozen DPO reference (identity LoRA)

@@ -48,12 +48,7 @@ def main():
     args = parser.parse_args()
     if args.small:
         args.frames, args.height, args.width, args.steps, args.repeats, args.fast_steps = 9, 64, 96, 4, 2, "3,2"
-    device = "cuda" if torch.cuda.is_available() and not args.small else "cpu"
-    deadline = P.Deadline(args.budget_s)
-    P.configure_dynamo()
-    print(P.environment(), flush=True)
-    ceiling = P.matmul_ceiling() if device == "cuda" else float("nan")
-    print(f"bf16 matmul ceiling: {ceiling:.0f} TFLOP/s", flush=True)
+    device, deadline, ceiling = P.start(args.small, args.budget_s)
 
     model = P.build_published(device, torch.bfloat16, small=args.small)
     S = P.tokens(args.frames, args.height, args.width)

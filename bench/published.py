@@ -18,7 +18,7 @@ times 30 blocks times B·S tokens, plus the patch embedding, text and timestep p
 A DPO step's useful work is one reference forward plus one policy forward and backward,
 counted as 1 + 3 forwards (no recomputation, the backward as twice the forward).
 
-Exports: PUBLISHED_TRANSFORMER, build_published, set_compiled, set_attention, tokens, forward_flops,
+Exports: PUBLISHED_TRANSFORMER, start, build_published, set_compiled, set_attention, tokens, forward_flops,
 dpo_step_flops, environment, matmul_ceiling, timed, timed_once, print_table, Deadline.
 """
 
@@ -92,6 +92,19 @@ def configure_dynamo() -> None:
     torch._dynamo.config.automatic_dynamic_shapes = False
     torch._dynamo.config.cache_size_limit = 256
     torch._dynamo.config.accumulated_cache_size_limit = 4096
+
+
+def start(small: bool, budget_s: float) -> tuple[str, Deadline, float]:
+    """What every GPU benchmark does first: pick the device (the CPU for --small), start the wall-clock
+    budget, configure the compiler, print the environment and measure the bf16 matmul ceiling (NaN on a CPU).
+    Returns (device, deadline, ceiling TFLOP/s)."""
+    device = "cuda" if torch.cuda.is_available() and not small else "cpu"
+    deadline = Deadline(budget_s)
+    configure_dynamo()
+    print(environment(), flush=True)
+    ceiling = matmul_ceiling() if device == "cuda" else float("nan")
+    print(f"bf16 matmul ceiling: {ceiling:.0f} TFLOP/s", flush=True)
+    return device, deadline, ceiling
 
 
 def tokens(frames: int, height: int, width: int) -> int:
