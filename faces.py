@@ -1,4 +1,4 @@
-"""Face identity encoders: image -> faces -> one identity embedding per face.
+"""faces.py — who is in a picture: face encoders, and the reference photos of the person to customize.
 
 The ID reward of MagicID (METHOD.md, "Rewards") needs, for a frame, the faces in it and an
 identity embedding e (a unit vector) for each; two faces are the same person when cos(e1, e2)
@@ -11,31 +11,38 @@ is high. Two backends sit behind one small interface:
 
 - "dlib": HOG frontal detector + 5-point alignment + the ResNet face descriptor (D = 128) from
   the `face_recognition_models` pip package. Weights ship with pip: the offline default.
-- "insightface": ArcFace (D = 512) from a local model pack (antelopev2 / buffalo_l: SCRFD
-  detector + recogniser; the paper's choice), or a lone recognition .onnx whose faces are then
-  found and aligned with dlib's detector and 68-point landmarks.
+- "insightface": ArcFace (D = 512), the paper's choice, from a local model pack (arcface.py).
 
 The backends' cosine scales differ, so identity thresholds are per backend: ID_CALIBRATION.
-Exports: Face, ID_CALIBRATION, make_face_encoder, DlibFaceEncoder, InsightFaceEncoder.
+
+Reference photos (MagicID's input: 1..N photos of one person) are read here too, EXIF-upright and
+checked at the door: load_references finds the one face of each photo (the largest, with a warning,
+if several), embeds it, and keeps ē = normalize(mean_i e_i), the embedding r_id compares to.
+Anything unusable raises one ReferencePhotoError naming the file and the fix.
+
+Exports: Face, FaceEncoder, ID_CALIBRATION, make_face_encoder, DlibFaceEncoder, dlib_boxes;
+load_references, References, ReferencePhotoError, read_photo, mean_unit_embedding.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-INSIGHTFACE_PACKS = ("antelopev2", "buffalo_l")
-INSIGHTFACE_ROOT = Path("~/.insightface/models").expanduser()
 # HOG detection score floor. Below ~0.15 dlib's hits are mostly not faces (skimage's astronaut:
 # the face scores 1.16, a patch of her flag 0.12); a real but strongly turned face can score lower
 # and is then missed, and its frame counts as one without a face.
 DLIB_MIN_SCORE = 0.15
 MIN_SEARCH_SIDE = 256  # px; smaller frames are upscaled to this long side before the face search
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+MIN_PHOTO_SIDE = 64     # px; below this no detector finds a face worth an identity embedding
 
 
 @dataclass(frozen=True)
@@ -76,18 +83,20 @@ def make_face_encoder(backend: str = "auto", model_root: str | Path | None = Non
     ~/.insightface/models), or one recognition .onnx. Prints which backend runs."""
     if backend not in ("auto", "dlib", "insightface"):
         raise ValueError(f"unknown ID backend {backend!r}: use 'auto', 'dlib' or 'insightface'")
-    root = Path(model_root).expanduser() if model_root is not None else INSIGHTFACE_ROOT
+    import arcface  # the ArcFace backend builds on this file's Face, FaceEncoder and dlib_boxes
+
+    root = Path(model_root).expanduser() if model_root is not None else arcface.INSIGHTFACE_ROOT
     if backend == "auto":
-        backend = "insightface" if root.suffix == ".onnx" or _find_pack(root) is not None else "dlib"
+        backend = "insightface" if root.suffix == ".onnx" or arcface.find_pack(root) is not None else "dlib"
     if backend == "dlib":
         encoder = DlibFaceEncoder()
     elif root.suffix == ".onnx":
-        encoder = InsightFaceEncoder.from_recognizer_onnx(root)
+        encoder = arcface.InsightFaceEncoder.from_recognizer_onnx(root)
     else:
-        pack = _find_pack(root)
+        pack = arcface.find_pack(root)
         if pack is None:
-            raise FileNotFoundError(_missing_pack_message(root))
-        encoder = InsightFaceEncoder.from_pack(pack)
+            raise FileNotFoundError(arcface.missing_pack_message(root))
+        encoder = arcface.InsightFaceEncoder.from_pack(pack)
     print(f"ID encoder: {encoder.describe()}", file=sys.stderr)
     return encoder
 
@@ -153,89 +162,7 @@ class DlibFaceEncoder(FaceEncoder):
         chips = [dlib.get_face_chip(image, shape, size=150, padding=0.25) for shape in shapes]
         emb = np.asarray(self.net.compute_face_descriptor(chips), np.float32)  # [n, 128]
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-        return [Face(_box_array(box), chip, e) for box, chip, e in zip(boxes, chips, emb)]
-
-
-class InsightFaceEncoder(FaceEncoder):
-    """ArcFace: faces with 5 keypoints (SCRFD from the pack, or dlib), insightface's norm_crop
-    to 112 px, the recognition ONNX model through insightface's model zoo [512]."""
-
-    name = "insightface"
-
-    def __init__(self, detector, recognizer, detail: str):
-        self.detector = detector      # .detect(bgr) -> boxes [n, 5], kps [n, 5, 2] (insightface order)
-        self.recognizer = recognizer  # insightface ArcFaceONNX
-        self.detail = detail
-        self.dim = int(recognizer.output_shape[-1])
-
-    @classmethod
-    def from_pack(cls, pack: Path) -> InsightFaceEncoder:
-        from insightface.app import FaceAnalysis
-
-        app = FaceAnalysis(name=str(pack), allowed_modules=["detection", "recognition"])
-        app.prepare(ctx_id=_onnx_ctx_id(), det_size=(640, 640))
-        if "recognition" not in app.models:
-            raise FileNotFoundError(f"insightface pack {pack} has no recognition model (*.onnx); "
-                                    f"re-download it ({' or '.join(INSIGHTFACE_PACKS)})")
-        return cls(app.det_model, app.models["recognition"], f"pack {pack}")
-
-    @classmethod
-    def from_recognizer_onnx(cls, onnx_path: Path) -> InsightFaceEncoder:
-        from insightface.model_zoo import get_model
-
-        if not onnx_path.is_file():
-            raise FileNotFoundError(f"insightface recognition model not found: {onnx_path}")
-        recognizer = get_model(str(onnx_path))
-        if recognizer is None or recognizer.taskname != "recognition":
-            raise ValueError(f"{onnx_path} is not a face recognition model: insightface expects "
-                             "input [N, 3, 112, 112] and one output [N, D]")
-        recognizer.prepare(ctx_id=_onnx_ctx_id())
-        return cls(DlibKeypoints(), recognizer, f"{onnx_path.name}, faces by dlib")
-
-    def describe(self) -> str:
-        return f"insightface (ArcFace, {self.dim}-d; {self.detail})"
-
-    def find_faces(self, image: np.ndarray, thorough: bool = False) -> list[Face]:
-        from insightface.utils.face_align import norm_crop
-
-        bgr = np.ascontiguousarray(image[..., ::-1])  # insightface works in OpenCV's BGR
-        boxes, kps = self.detector.detect(bgr)         # [n, 5], [n, 5, 2]
-        if len(boxes) == 0:
-            return []
-        size = self.recognizer.input_size[0]
-        crops = [norm_crop(bgr, k, image_size=size) for k in kps]   # BGR [size, size, 3] each
-        emb = np.asarray(self.recognizer.get_feat(crops), np.float32)  # [n, D]
-        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-        return [Face(b[:4].astype(np.float32), c[..., ::-1].copy(), e) for b, c, e in zip(boxes, crops, emb)]
-
-
-class DlibKeypoints:
-    """A face detector with insightface's .detect interface, built from dlib: HOG boxes and the
-    68-point landmarks reduced to ArcFace's 5 points (eye centres, nose tip, mouth corners)."""
-
-    def __init__(self, detect_long_side: int = 640, upsample: int = 1):
-        import dlib
-
-        self.detector = dlib.get_frontal_face_detector()
-        self.landmarks = dlib.shape_predictor(str(dlib_model_dir() / "shape_predictor_68_face_landmarks.dat"))
-        self.detect_long_side = detect_long_side
-        self.upsample = upsample
-
-    def detect(self, bgr: np.ndarray):
-        rgb = np.ascontiguousarray(bgr[..., ::-1])
-        boxes = dlib_boxes(self.detector, rgb, self.detect_long_side, self.upsample, thorough=False)
-        kps = np.zeros((len(boxes), 5, 2), np.float32)  # [n, 5, 2]
-        for i, box in enumerate(boxes):
-            p = np.array([(q.x, q.y) for q in self.landmarks(rgb, box).parts()], np.float32)  # [68, 2]
-            kps[i] = arcface_points_from_dlib68(p)
-        dets = np.array([[*_box_array(b), 1.0] for b in boxes], np.float32).reshape(-1, 5)  # [n, 5]
-        return dets, kps
-
-
-def arcface_points_from_dlib68(p: np.ndarray) -> np.ndarray:
-    """dlib's 68 landmarks [68, 2] -> insightface's 5 [5, 2]: image-left eye, image-right eye,
-    nose tip, image-left and image-right mouth corner (the order of face_align.arcface_dst)."""
-    return np.stack([p[36:42].mean(0), p[42:48].mean(0), p[30], p[48], p[54]])
+        return [Face(box_array(box), chip, e) for box, chip, e in zip(boxes, chips, emb)]
 
 
 def dlib_boxes(detector, image: np.ndarray, long_side: int, upsample: int, thorough: bool,
@@ -275,25 +202,103 @@ def dlib_model_dir() -> Path:
     return Path(spec.submodule_search_locations[0]) / "models"
 
 
-def _find_pack(root: Path) -> Path | None:
-    """The folder holding a pack's .onnx files: root itself, root/<pack>, or root/<pack>/<pack>
-    (antelopev2.zip unpacks one level deeper than insightface expects)."""
-    candidates = [root] + [root / p for p in INSIGHTFACE_PACKS] + [root / p / p for p in INSIGHTFACE_PACKS]
-    return next((c for c in candidates if c.is_dir() and any(c.glob("*.onnx"))), None)
-
-
-def _missing_pack_message(root: Path) -> str:
-    return (f"insightface backend: no model pack found in {root}. Download antelopev2.zip (or "
-            f"buffalo_l.zip) from https://github.com/deepinsight/insightface/releases and unzip it "
-            f"so that {root / 'antelopev2'}/*.onnx exist (scrfd_10g_bnkps.onnx, glintr100.onnx); or "
-            f"pass model_root=<pack folder or recognition .onnx>; or use backend='dlib' (offline default).")
-
-
-def _onnx_ctx_id() -> int:
-    import onnxruntime
-
-    return 0 if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else -1
-
-
-def _box_array(rect) -> np.ndarray:
+def box_array(rect) -> np.ndarray:
     return np.array([rect.left(), rect.top(), rect.right(), rect.bottom()], np.float32)
+
+
+# ---------------------------------------------------------------------- reference photos
+
+class ReferencePhotoError(ValueError):
+    """A reference photo cannot be used; the message names the file and what to do."""
+
+
+@dataclass
+class References:
+    crops: np.ndarray           # uint8 [N, S, S, 3] aligned face crops, RGB
+    embeddings: np.ndarray      # float32 [N, D] unit rows
+    mean_embedding: np.ndarray  # float32 [D] unit: ē, what r_id compares to
+    backend: str                # the encoder's name; r_id must use the same backend
+    paths: list[str]
+
+
+def load_references(paths, encoder: FaceEncoder) -> References:
+    """Reference photos (files, or folders of image files) -> aligned crops and embeddings.
+    Several faces in a photo: the largest, with a warning. Anything unusable: ReferencePhotoError."""
+    files = _photo_files(paths)
+    faces = [_the_face(path, read_photo(path), encoder) for path in files]
+    embeddings = np.stack([face.embedding for face in faces])  # [N, D]
+    return References(crops=np.stack([face.crop for face in faces]), embeddings=embeddings,
+                      mean_embedding=mean_unit_embedding(embeddings), backend=encoder.name,
+                      paths=[str(p) for p in files])
+
+
+def read_photo(path: Path) -> np.ndarray:
+    """An image file -> uint8 [H, W, 3] RGB, upright per its EXIF orientation; grey, palette,
+    RGBA (on white), CMYK and 16-bit inputs converted."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except FileNotFoundError:
+        raise ReferencePhotoError(f"reference photo not found: {path}. Check the path.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ReferencePhotoError(f"cannot read {path} as an image ({err}). Give a JPEG, PNG, WebP, "
+                                  f"BMP or TIFF photo of the person.") from None
+    return _to_rgb8(img)
+
+
+def mean_unit_embedding(embeddings: np.ndarray) -> np.ndarray:
+    """ē = normalize(mean_i e_i / ‖e_i‖): embeddings [N, D] -> [D] float32."""
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    mean = unit.mean(0)
+    return (mean / np.linalg.norm(mean)).astype(np.float32)
+
+
+def _photo_files(paths) -> list[Path]:
+    """Files named directly must exist (read_photo says so otherwise); folders give their images."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+            if not found:
+                raise ReferencePhotoError(f"no image files ({', '.join(sorted(PHOTO_SUFFIXES))}) in the "
+                                          f"folder {path}. Put the person's photos there.")
+            files += found
+        else:
+            files.append(path)
+    if not files:
+        raise ReferencePhotoError("no reference photos given: pass one or more photos of the person "
+                                  "(or a folder of them)")
+    return files
+
+
+def _the_face(path: Path, image: np.ndarray, encoder: FaceEncoder):
+    """The one face of a reference photo: the largest (warning if several), else an error."""
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_PHOTO_SIDE:
+        raise ReferencePhotoError(f"{path} is only {w}×{h} px, too small for a face: use a photo at "
+                                  f"least {MIN_PHOTO_SIDE} px on its short side (ideally a face ≥ 100 px wide)")
+    faces = encoder.find_faces(image, thorough=True)
+    if not faces:
+        raise ReferencePhotoError(f"no face found in {path} ({w}×{h} px, {encoder.name} detector). Use a "
+                                  f"photo with one clearly visible, roughly frontal face at least ~60 px wide")
+    largest = max(faces, key=lambda face: face.area)
+    if len(faces) > 1:
+        bw, bh = largest.box[2] - largest.box[0], largest.box[3] - largest.box[1]
+        warnings.warn(f"{path}: {len(faces)} faces found; using the largest ({bw:.0f}×{bh:.0f} px). "
+                      f"Crop the photo to the person to be sure.", stacklevel=3)
+    return largest
+
+
+def _to_rgb8(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):  # 16-bit / int / float grey
+        grey = np.asarray(img, np.float64)
+        top = 1.0 if grey.max() <= 1.0 and img.mode == "F" else (255.0 if grey.max() <= 255 else 65535.0)
+        grey = np.clip(grey / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))

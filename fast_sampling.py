@@ -86,7 +86,7 @@ def sample(model, prompts: list[str], frames: int | None = None, height: int | N
     seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
     if len(seeds) != len(prompts):
         raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-    shape = model._latent_shape(frames, height, width)
+    shape = model.latent_shape(frames, height, width)
     noise = torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
     text_emb = model.encode_prompt(list(prompts))                       # [B, L, D]
     negative_emb = model.encode_prompt([negative_prompt])               # [1, L, D]: encoded once, shared

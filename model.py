@@ -42,7 +42,7 @@ MODEL_PRESETS = {
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
 # Which linear layers a LoRA adapts (peft matches module names by suffix; both Wan's and CogVideoX's blocks
 # name them so). Attention alone is the usual recipe for a pretrained video model; the toy world's tiny base,
-# which has never seen a face, learns one only when its feed-forward layers adapt too (bench/TOYWORLD.md).
+# which has never seen a face, learns one only when its feed-forward layers adapt too (toyworld/README.md).
 LORA_TARGETS = {
     "attention": ("to_q", "to_k", "to_v", "to_out.0"),
     "attention+ffn": ("to_q", "to_k", "to_v", "to_out.0", "net.0.proj", "net.2"),
@@ -69,7 +69,7 @@ class VideoDefaults:
 DEFAULTS = {
     "wan": VideoDefaults(frames=81, height=480, width=832, fps=16, steps=30, guidance=5.0, max_text_tokens=512),
     "cogvideox": VideoDefaults(frames=49, height=480, width=720, fps=8, steps=50, guidance=6.0, max_text_tokens=226),
-    # The tiny toy-world base over-saturates at Wan's guidance 5 (bench/TOYWORLD.md); 3 keeps its colours.
+    # The tiny toy-world base over-saturates at Wan's guidance 5 (toyworld/README.md); 3 keeps its colours.
     "tiny": VideoDefaults(frames=9, height=128, width=128, fps=8, steps=20, guidance=3.0, max_text_tokens=64),
 }
 
@@ -155,19 +155,19 @@ class VideoModel:
         for clip in pixels:  # one video at a time: the VAE's activations dominate memory
             posterior = self.vae.encode(clip[None].to(self.device, self.vae.dtype)).latent_dist
             latents.append(posterior.mode().float())
-        return self._normalize(torch.cat(latents))
+        return self.normalize_latents(torch.cat(latents))
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """latents: [B, C, f, h, w] -> videos: uint8 numpy [B, F, H, W, 3]."""
         videos = []
-        for z in self._denormalize(latents.float()):
+        for z in self.denormalize_latents(latents.float()):
             pixels = self.vae.decode(z[None].to(self.device, self.vae.dtype)).sample  # [1, 3, F, H, W]
             pixels = pixels[0].float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
             videos.append(pixels.permute(1, 2, 3, 0).cpu().numpy())  # [F, H, W, 3]
         return np.stack(videos)
 
-    def _normalize(self, z: torch.Tensor) -> torch.Tensor:
+    def normalize_latents(self, z: torch.Tensor) -> torch.Tensor:
         config = self.vae.config
         if self.family == "wan":  # per-channel standardisation with the VAE's published statistics
             mean = torch.tensor(config.latents_mean, device=z.device).view(1, -1, 1, 1, 1)
@@ -175,7 +175,7 @@ class VideoModel:
             return (z - mean) / std
         return z * config.scaling_factor
 
-    def _denormalize(self, latents: torch.Tensor) -> torch.Tensor:
+    def denormalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
         config = self.vae.config
         if self.family == "wan":
             mean = torch.tensor(config.latents_mean, device=latents.device).view(1, -1, 1, 1, 1)
@@ -262,7 +262,7 @@ class VideoModel:
         text_emb = self.encode_prompt(prompts)
         negative_emb = self.encode_prompt([negative_prompt] * len(prompts))
         # Draw the initial noise on the CPU so a seed means the same video on every device.
-        latent_shape = self._latent_shape(frames, height, width)
+        latent_shape = self.latent_shape(frames, height, width)
         noise = torch.stack([torch.randn(latent_shape, generator=g) for g in generators])  # [B, C, f, h, w]
         if self.family == "cogvideox":
             noise = noise.permute(0, 2, 1, 3, 4)  # the pipeline's own layout [B, f, C, h, w]
@@ -281,7 +281,7 @@ class VideoModel:
         d = self.defaults
         _check_video_shape((1, frames or d.frames, height or d.height, width or d.width, 3), self.family)
 
-    def _latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         channels = self.transformer.config.in_channels
         spatial, temporal = self.pipe.vae_scale_factor_spatial, self.pipe.vae_scale_factor_temporal
         return channels, (frames - 1) // temporal + 1, height // spatial, width // spatial
@@ -457,7 +457,7 @@ def _load_diffusers_pipeline(name_or_path: str, dtype: torch.dtype, vae_dtype: t
 # ---------------------------------------------------------------------- the CLI's model flags, shared by every script
 
 def add_model_args(parser) -> None:
-    """--model/--device/--bf16/--compile/--attention-backend, the same in train.py, generate.py and eval.py."""
+    """--model/--device/--bf16/--compile/--attention-backend, the same in train.py, generate.py and evaluate.py."""
     import argparse
 
     group = parser.add_argument_group("model")

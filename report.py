@@ -1,6 +1,6 @@
 """report.py — one self-contained HTML page that says how a MagicID run went (opens offline).
 
-Sections: the reward table of base / identity-stage / MagicID on held-out prompts (eval.py); the
+Sections: the reward table of base / identity-stage / MagicID on held-out prompts (evaluate.py); the
 repository as an (r_id, r_dyn) scatter with each prompt's Pareto frontier and the chosen pairs drawn
 (identity pairs: static-first, dynamic pairs: frontier-based; sampling.py); loss, implicit accuracy
 and reward margin per training stage (train.py's log); the ID curve over the video length; and a
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-import eval as evaluation
+import evaluate
 from sampling import pareto_frontier
 
 SOURCE_COLORS = {"static": "#888888", "initial": "#1f77b4", "finetuned": "#d62728"}
@@ -28,15 +28,15 @@ SOURCE_COLORS = {"static": "#888888", "initial": "#1f77b4", "finetuned": "#d6272
 
 def write_report(run_dir: Path, results: dict, repo, log: list[dict], backend: str) -> Path:
     run_dir = Path(run_dir)
-    evaluation.write_outputs(results, run_dir / "eval", backend)
+    evaluate.write_outputs(results, run_dir / "eval", backend)
     pairs = sorted(run_dir.glob("pairs_round*.json"))
     pairs = json.loads(pairs[-1].read_text()) if pairs else {}
-    table = evaluation.markdown_table(results["summary"], backend)
+    table = evaluate.markdown_table(results["summary"], backend)
     parts = [
         "<h1>MagicID run report</h1>",
         f"<p>run folder: <code>{html.escape(str(run_dir.resolve()))}</code> · ID encoder: {html.escape(backend)}</p>",
         "<h2>Held-out prompts: base vs identity stage vs MagicID</h2>", _markdown_table_to_html(table),
-        _png(evaluation.id_curve_figure(results["summary"])),
+        _png(evaluate.id_curve_figure(results["summary"])),
         "<h2>Preference repository and pairs</h2>",
         f"<pre>{html.escape(json.dumps(pairs.get('summary', {}), indent=1))}</pre>",
         _png(_plot_repository(repo, pairs)),

@@ -13,69 +13,24 @@ units at every resolution. For evaluation, dynamic_reward also gives VBench's ye
 degree": frames taken at ~8 fps, a pair moves when its statistic exceeds 6·(min(H, W)/256) px
 (= 6 px at our 256-px scale; ×8/fps below 8 fps), the video is dynamic when round(4·n/16) pairs
 move. Identity embeddings come from faces.py (dlib or insightface ArcFace; which one ran is in
-every score). Reference photos are checked at the door: load_references raises one clear
-ReferencePhotoError naming the file and the fix.
+every score); the reference photos and ē come from faces.load_references.
 
-Exports: load_references, References, ReferencePhotoError, identity_reward, dynamic_reward,
-prompt_reward, load_clip, score_videos; the pure math: sample_frame_indices, mean_unit_embedding,
-cosine_to_reference, top_fraction_mean, is_dynamic_vbench; from faces.py: make_face_encoder.
+Exports: identity_reward, dynamic_reward, prompt_reward, load_clip, score_videos; the pure math:
+sample_frame_indices, cosine_to_reference, top_fraction_mean, is_dynamic_vbench.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
-from faces import ID_CALIBRATION, FaceEncoder, make_face_encoder  # noqa: F401  (re-exported)
+from faces import FaceEncoder, References
 
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-MIN_PHOTO_SIDE = 64     # px; below this no detector finds a face worth an identity embedding
 FLOW_SHORT_SIDE = 256   # px; r_dyn is measured at this short side (VBench's 256 normalisation)
 TOP_FRACTION = 0.05     # VBench: mean of the largest 5 % flow magnitudes of a frame pair
-
-
-class ReferencePhotoError(ValueError):
-    """A reference photo cannot be used; the message names the file and what to do."""
-
-
-@dataclass
-class References:
-    crops: np.ndarray           # uint8 [N, S, S, 3] aligned face crops, RGB
-    embeddings: np.ndarray      # float32 [N, D] unit rows
-    mean_embedding: np.ndarray  # float32 [D] unit: ē, what r_id compares to
-    backend: str                # the encoder's name; r_id must use the same backend
-    paths: list[str]
-
-
-def load_references(paths, encoder: FaceEncoder) -> References:
-    """Reference photos (files, or folders of image files) -> aligned crops and embeddings.
-    Several faces in a photo: the largest, with a warning. Anything unusable: ReferencePhotoError."""
-    files = _photo_files(paths)
-    faces = [_the_face(path, read_photo(path), encoder) for path in files]
-    embeddings = np.stack([face.embedding for face in faces])  # [N, D]
-    return References(crops=np.stack([face.crop for face in faces]), embeddings=embeddings,
-                      mean_embedding=mean_unit_embedding(embeddings), backend=encoder.name,
-                      paths=[str(p) for p in files])
-
-
-def read_photo(path: Path) -> np.ndarray:
-    """An image file -> uint8 [H, W, 3] RGB, upright per its EXIF orientation; grey, palette,
-    RGBA (on white), CMYK and 16-bit inputs converted."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-    except FileNotFoundError:
-        raise ReferencePhotoError(f"reference photo not found: {path}. Check the path.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ReferencePhotoError(f"cannot read {path} as an image ({err}). Give a JPEG, PNG, WebP, "
-                                  f"BMP or TIFF photo of the person.") from None
-    return _to_rgb8(img)
 
 
 def identity_reward(video: np.ndarray, refs: References, encoder: FaceEncoder,
@@ -208,13 +163,6 @@ def sample_frame_indices(total: int, num: int) -> np.ndarray:
     return np.unique(np.linspace(0, total - 1, min(num, total)).round().astype(int))
 
 
-def mean_unit_embedding(embeddings: np.ndarray) -> np.ndarray:
-    """ē = normalize(mean_i e_i / ‖e_i‖): embeddings [N, D] -> [D] float32."""
-    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
-    mean = unit.mean(0)
-    return (mean / np.linalg.norm(mean)).astype(np.float32)
-
-
 def cosine_to_reference(emb: np.ndarray, found: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """cos(emb_f, ref) per row where found[f], else 0 (a frame without a face scores 0).
     emb [F, D], found [F] bool, ref [D] -> [F] float32."""
@@ -242,56 +190,6 @@ def is_dynamic_vbench(pair_scores, num_frames: int, fps: float) -> bool:
 
 
 # ---- helpers, in the order the entry points above use them -------------------------------------
-
-def _photo_files(paths) -> list[Path]:
-    """Files named directly must exist (read_photo says so otherwise); folders give their images."""
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    files = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
-            if not found:
-                raise ReferencePhotoError(f"no image files ({', '.join(sorted(PHOTO_SUFFIXES))}) in the "
-                                          f"folder {path}. Put the person's photos there.")
-            files += found
-        else:
-            files.append(path)
-    if not files:
-        raise ReferencePhotoError("no reference photos given: pass one or more photos of the person "
-                                  "(or a folder of them)")
-    return files
-
-
-def _the_face(path: Path, image: np.ndarray, encoder: FaceEncoder):
-    """The one face of a reference photo: the largest (warning if several), else an error."""
-    h, w = image.shape[:2]
-    if min(h, w) < MIN_PHOTO_SIDE:
-        raise ReferencePhotoError(f"{path} is only {w}×{h} px, too small for a face: use a photo at "
-                                  f"least {MIN_PHOTO_SIDE} px on its short side (ideally a face ≥ 100 px wide)")
-    faces = encoder.find_faces(image, thorough=True)
-    if not faces:
-        raise ReferencePhotoError(f"no face found in {path} ({w}×{h} px, {encoder.name} detector). Use a "
-                                  f"photo with one clearly visible, roughly frontal face at least ~60 px wide")
-    largest = max(faces, key=lambda face: face.area)
-    if len(faces) > 1:
-        bw, bh = largest.box[2] - largest.box[0], largest.box[3] - largest.box[1]
-        warnings.warn(f"{path}: {len(faces)} faces found; using the largest ({bw:.0f}×{bh:.0f} px). "
-                      f"Crop the photo to the person to be sure.", stacklevel=3)
-    return largest
-
-
-def _to_rgb8(img: Image.Image) -> np.ndarray:
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):  # 16-bit / int / float grey
-        grey = np.asarray(img, np.float64)
-        top = 1.0 if grey.max() <= 1.0 and img.mode == "F" else (255.0 if grey.max() <= 255 else 65535.0)
-        grey = np.clip(grey / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
-    return np.asarray(img.convert("RGB"))
-
 
 def _check_video(video) -> None:
     if not (isinstance(video, np.ndarray) and video.dtype == np.uint8 and video.ndim == 4

@@ -5,7 +5,7 @@ the UniPC flow-matching scheduler) built from small configs, and `--model tiny-c
 for CogVideoX. Nothing is downloaded: the tokenizer is a byte-level one built here (every UTF-8 byte is a
 token, so any prompt encodes), and all weights are drawn from a fixed seed, so the preset is the same
 on every machine. If pretrained tiny weights exist (TINY_WEIGHTS_DIR/<preset>/*.safetensors), they are
-loaded over the random ones: weights/tiny/ ships the toy world's (pretrain_tiny.py, bench/TOYWORLD.md),
+loaded over the random ones: weights/tiny/ ships the toy world's (toyworld/pretrain.py, toyworld/README.md),
 a base that has learned camera motion on face-free videos, so `--model tiny` has motion to lose.
 
 Measured on a 2-core CPU: the Wan VAE below encodes 9 frames of 128×128 in about 0.16 s and decodes
@@ -28,13 +28,13 @@ TEXT_DIM = 32  # width of the tiny text encoder; the transformer's cross-attenti
 
 def build_tiny_pipeline(name: str = "tiny", seed: int = 0, pretrained: bool = True):
     """A complete diffusers pipeline with small, seeded weights (pretrained ones when shipped, unless
-    pretrained=False: pretrain_tiny.py starts from the seeded ones)."""
+    pretrained=False: toyworld/pretrain.py starts from the seeded ones)."""
     if name not in TINY_PRESETS:
         raise ValueError(f"unknown tiny preset {name!r}; choose one of {TINY_PRESETS}")
     tokenizer = byte_tokenizer()
     pipe = _build_tiny_wan(tokenizer, seed) if name == "tiny" else _build_tiny_cogvideox(tokenizer, seed)
     if pretrained:
-        _load_pretrained_tiny_weights(pipe, os.path.join(TINY_WEIGHTS_DIR, name))
+        load_pretrained_weights(pipe, os.path.join(TINY_WEIGHTS_DIR, name))
     return pipe
 
 
@@ -107,7 +107,7 @@ def _build_tiny_cogvideox(tokenizer, seed: int):
                              transformer=transformer)
 
 
-def _load_pretrained_tiny_weights(pipe, weights_dir: str) -> None:
+def load_pretrained_weights(pipe, weights_dir: str) -> None:
     """Overwrite the random weights with shipped pretrained ones, component by component, if present."""
     from safetensors.torch import load_file
 

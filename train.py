@@ -2,7 +2,7 @@
 
 The stages (METHOD.md steps 0–6), in the order this file runs them; each is resumable:
 
-  0. references   photos -> face embeddings ē                                        rewards.load_references
+  0. references   photos -> face embeddings ē                                        faces.load_references
   1. identity     LoRA on static videos of the photos (self-reconstruction baseline):
                   min E ‖target(x_0, ε, t) − f_θ(x_t, t, "a photo of sks person")‖²  model.py
   2. repository   K videos per prompt from the initial model (LoRA off) and the identity model (LoRA on),
@@ -10,7 +10,7 @@ The stages (METHOD.md steps 0–6), in the order this file runs them; each is re
   3. pairs        identity pairs (static-first) and dynamic pairs (Pareto frontier)  sampling.select_*_pairs
   4. DPO          Diffusion-DPO on identity pairs, then on dynamic pairs; the reference is the identity
                   model (a frozen copy of its LoRA, no network copy)                dpo.preference_step
-  5. report       base / identity-stage / MagicID rewards on held-out prompts, plots  eval.py, report.py
+  5. report       base / identity-stage / MagicID rewards on held-out prompts, plots  evaluate.py, report.py
 
     python train.py --ref me.jpg --model tiny --out runs/tiny        # offline, CPU, a few minutes
     python train.py --ref me.jpg --ref me2.jpg --out runs/me         # Wan2.1-1.3B on one 80 GB GPU
@@ -29,24 +29,25 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import eval as evaluation
+import evaluate
 import fast_sampling
 import parallel
 import report
 from checkpoint import Run
 from dpo import BETA, preference_step
 from model import LORA_TARGETS, ModelLoadError, add_model_args, load_model_from_args
-from rewards import ID_CALIBRATION, ReferencePhotoError, load_references, make_face_encoder, read_photo, score_videos
+from faces import ID_CALIBRATION, ReferencePhotoError, load_references, make_face_encoder, read_photo
+from rewards import score_videos
 from sampling import Repository, crop_around_face, select_dynamic_pairs, select_identity_pairs, static_video, summary
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 
 # Defaults that differ between a CPU run of the tiny preset and Wan2.1-1.3B on one 80 GB GPU (ours).
 PRESETS = {
-    # tiny: the toy-world base (bench/TOYWORLD.md) learns a face it has never seen, and draws it in videos
+    # tiny: the toy-world base (toyworld/README.md) learns a face it has never seen, and draws it in videos
     # of other prompts, after ~1200 steps at 2e-3 of a LoRA on attention and feed-forward layers; its VAE
     # draws one dlib can find when the face fills the frame (1.5 face heights).
-    # DPO at 2e-5: at 2e-4 the loss saturates within ~10 steps and the face is lost (bench/TOYWORLD.md).
+    # DPO at 2e-5: at 2e-4 the loss saturates within ~10 steps and the face is lost (toyworld/README.md).
     "tiny": dict(identity_steps=1200, dpo_identity_steps=60, dpo_dynamic_steps=60, lr=2e-3, dpo_lr=2e-5,
                  rank=64, lora_targets="attention+ffn", face_framing=1.5, batch_size=2, videos_per_prompt=4,
                  num_prompts=4, static_videos=4, eval_prompts=3, eval_seeds=3, sample_steps=12, checkpoint_every=50,
@@ -186,7 +187,7 @@ def main(argv=None) -> Path:
         model.load_lora(str(run.dir / "identity_lora"), name="identity", trainable=False)
         variants["identity stage"] = "identity"
     if parallel.is_main():  # the other processes are done: their LoRA is the main one's
-        results = evaluation.evaluate(model, variants, heldout_prompts, args.eval_seeds, refs, encoder, video,
+        results = evaluate.evaluate(model, variants, heldout_prompts, args.eval_seeds, refs, encoder, video,
                                       cache_dir=run.dir / "eval", seed=args.seed + 10_000)
         model.set_adapter("default")
         path = report.write_report(run.dir, results, repo, run.read_log(), encoder.describe())

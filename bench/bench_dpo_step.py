@@ -143,7 +143,7 @@ def main():
     if "syncs" in groups:
         k = args.checkpoint_blocks
         measure(f"compiled, autocast, checkpoint {k}/{n_blocks}: dpo.preference_step", f, True, A, True, k, 150)
-        measure(f"  same math, metrics left on the GPU (no .item() per step)", f, True, A, True, k, 30,
+        measure("  same math, metrics left on the GPU (no .item() per step)", f, True, A, True, k, 30,
                 step_fn=preference_step_without_syncs)
         time_adapter_switch(model)
     if "budget" in groups:  # let the compiler pick what to recompute inside each block, no block checkpointing
@@ -270,7 +270,7 @@ def fit_free_blocks(peak_all: float, peak_fewer: float, freed: int, target_gib: 
 def make_batch(model, frames: int, args, device: str) -> dict:
     """Precomputed inputs, as train.py caches them: latents of winners and losers, prompt embeddings."""
     generator = torch.Generator().manual_seed(1)
-    shape = (args.pairs, *model._latent_shape(frames, args.height, args.width))
+    shape = (args.pairs, *model.latent_shape(frames, args.height, args.width))
     return {"latents_w": torch.randn(shape, generator=generator).to(device),
             "latents_l": torch.randn(shape, generator=generator).to(device),
             "text_emb": torch.randn(args.pairs, P.TEXT_TOKENS, model.transformer.config.text_dim,

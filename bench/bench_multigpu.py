@@ -58,7 +58,7 @@ def main():
     draw = torch.Generator().manual_seed(0)
     text_emb = torch.randn(1, 512, text_dim, generator=draw).to(device, model.dtype)      # [1, L, D]
     negative_emb = torch.randn(1, 512, text_dim, generator=draw).to(device, model.dtype)
-    latent_shape = model._latent_shape(args.frames, args.height, args.width)
+    latent_shape = model.latent_shape(args.frames, args.height, args.width)
 
     # Repository generation: one job per video, every P-th to this process.
     def generate(job):

@@ -22,6 +22,7 @@ import numpy as np
 import skimage.data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import faces as F  # noqa: E402
 import rewards as R  # noqa: E402
 
 
@@ -45,11 +46,11 @@ def main():
     rows = []
     if "id" in wanted:
         t0 = time.perf_counter()
-        encoder = R.make_face_encoder(args.id_backend)
+        encoder = F.make_face_encoder(args.id_backend)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "ref.png"
             cv2.imwrite(str(path), skimage.data.astronaut()[..., ::-1])
-            refs = R.load_references([path], encoder)
+            refs = F.load_references([path], encoder)
         setup = time.perf_counter() - t0
         seconds, score = timed(lambda: R.identity_reward(video, refs, encoder, args.id_frames), args.repeats)
         rows.append(("r_id", encoder.name, seconds, setup,

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fast_sampling  # noqa: E402
 from dpo import preference_step  # noqa: E402
 from published import build_published, environment, peak_gib, print_table, reset_peak, timed_once  # noqa: E402
-from rewards import load_references, make_face_encoder, score_videos  # noqa: E402
+from faces import load_references, make_face_encoder  # noqa: E402
+from rewards import score_videos  # noqa: E402
 from sampling import select_dynamic_pairs, select_identity_pairs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def main():
     rows = []
 
     # 1. Generation of K videos (one batch through fast_sampling) and decoding.
-    shape = (args.videos, *model._latent_shape(args.frames, args.height, args.width))
+    shape = (args.videos, *model.latent_shape(args.frames, args.height, args.width))
     noise = torch.randn(shape, generator=generator)
     seconds, latents = timed_once(lambda: fast_sampling.sample_latents(
         model, text_emb.expand(args.videos, -1, -1), negative_emb, noise, steps=args.steps))

@@ -57,7 +57,7 @@ def main():
     print(f"{args.frames} frames {args.height}x{args.width}: {S} tokens/video; one forward = {flops / 1e12:.1f} TFLOP "
           f"(attention scores {4 * S * S * c.num_attention_heads * c.attention_head_dim * c.num_layers / flops:.0%} of it)", flush=True)
     generator = torch.Generator().manual_seed(0)
-    noise = torch.randn(1, *model._latent_shape(args.frames, args.height, args.width), generator=generator)
+    noise = torch.randn(1, *model.latent_shape(args.frames, args.height, args.width), generator=generator)
     text_emb = torch.randn(1, P.TEXT_TOKENS, c.text_dim, generator=generator).to(device, torch.bfloat16)
     negative_emb = torch.randn(1, P.TEXT_TOKENS, c.text_dim, generator=generator).to(device, torch.bfloat16)
     if device == "cuda":

@@ -125,7 +125,7 @@ def policy_and_reference(name):
     for p_ref, p in zip(model.lora_parameters("reference"), model.lora_parameters("default")):
         p_ref.data.copy_(p.data)
     model.set_adapter("default")
-    shape = model._latent_shape(9, 64, 64)                   # [C, f, h, w]
+    shape = model.latent_shape(9, 64, 64)                   # [C, f, h, w]
     g = torch.Generator().manual_seed(1)
     batch = {"latents_w": torch.randn(2, *shape, generator=g), "latents_l": torch.randn(2, *shape, generator=g),
              "text_emb": model.encode_prompt(["a person surfing", "a person dancing"])}

@@ -34,7 +34,7 @@ def test_a_video_does_not_depend_on_the_others_in_its_batch(wan):
 def test_cfg_interval_one_is_the_lossless_mode_and_two_changes_the_output(wan):
     text_emb = wan.encode_prompt(["a person walking"])
     negative_emb = wan.encode_prompt([""])
-    noise = torch.randn(1, *wan._latent_shape(9, 64, 64), generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(1, *wan.latent_shape(9, 64, 64), generator=torch.Generator().manual_seed(0))
     run = lambda k: fast_sampling.sample_latents(wan, text_emb, negative_emb, noise, steps=6, guidance=5.0,
                                                  cfg_interval=k)
     exact, every_other = run(1), run(2)
@@ -48,7 +48,7 @@ def test_guidance_one_runs_the_conditional_branch_alone(wan, monkeypatch):
     predict = wan.predict
     monkeypatch.setattr(wan, "predict", lambda x, t, e: batches.append(x.shape[0]) or predict(x, t, e))
     text_emb, negative_emb = wan.encode_prompt(["a"]), wan.encode_prompt([""])
-    noise = torch.randn(1, *wan._latent_shape(9, 64, 64))
+    noise = torch.randn(1, *wan.latent_shape(9, 64, 64))
     fast_sampling.sample_latents(wan, text_emb, negative_emb, noise, steps=3, guidance=1.0)
     fast_sampling.sample_latents(wan, text_emb, negative_emb, noise, steps=4, guidance=5.0, cfg_interval=2)
     assert batches == [1, 1, 1] + [2, 1, 2, 1]                       # CFG batches [cond; uncond] every 2nd step

@@ -25,7 +25,7 @@ def random_lora(model: VideoModel, name: str, seed: int, rank: int = 4, targets:
 
 def noisy_inputs(model: VideoModel, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
-    shape = (2, *model._latent_shape(9, 64, 64))
+    shape = (2, *model.latent_shape(9, 64, 64))
     x_t = torch.randn(shape, generator=generator)
     t = torch.tensor([250.0, 800.0])
     text_emb = model.encode_prompt(["a person walking", "a dog running"])

@@ -8,7 +8,6 @@ and the generated identities id01..id04 of ../shared/data/faces (see its README)
 import importlib.util
 import itertools
 import sys
-import warnings
 from pathlib import Path
 
 import cv2
@@ -20,8 +19,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo's modules are flat top-level files
 
+import faces as F  # noqa: E402
 import rewards as R  # noqa: E402
-from faces import ID_CALIBRATION, DlibFaceEncoder, InsightFaceEncoder, make_face_encoder  # noqa: E402
+from arcface import InsightFaceEncoder  # noqa: E402
+from faces import ID_CALIBRATION, DlibFaceEncoder, make_face_encoder  # noqa: E402
 
 SHARED_FACES = ROOT.parent / "shared" / "data" / "faces"
 INSIGHTFACE_IMAGES = Path(importlib.util.find_spec("insightface").submodule_search_locations[0]) / "data" / "images"
@@ -37,7 +38,7 @@ def dlib_encoder():
 def astronaut_refs(dlib_encoder, tmp_path_factory):
     path = tmp_path_factory.mktemp("refs") / "astronaut.png"
     Image.fromarray(ASTRONAUT).save(path)
-    return R.load_references([path], dlib_encoder)
+    return F.load_references([path], dlib_encoder)
 
 
 def static_video(image, frames):
@@ -63,7 +64,7 @@ def test_cosine_to_reference_matches_float64_numpy():
 
 
 def test_mean_unit_embedding_averages_directions_not_lengths():
-    got = R.mean_unit_embedding(np.array([[2.0, 0.0], [0.0, 30.0]]))
+    got = F.mean_unit_embedding(np.array([[2.0, 0.0], [0.0, 30.0]]))
     np.testing.assert_allclose(got, [1 / np.sqrt(2), 1 / np.sqrt(2)], rtol=1e-6)
 
 
@@ -130,7 +131,7 @@ def test_image_without_a_face_has_zero_hit_rate(astronaut_refs, dlib_encoder):
 
 
 def test_another_real_person_scores_lower_than_the_same_person(astronaut_refs, dlib_encoder):
-    hanks = R.load_references([INSIGHTFACE_IMAGES / "Tom_Hanks_54745.png"], dlib_encoder)  # a tight 112-px crop
+    hanks = F.load_references([INSIGHTFACE_IMAGES / "Tom_Hanks_54745.png"], dlib_encoder)  # a tight 112-px crop
     other = R.identity_reward(static_video(ASTRONAUT, 2), hanks, dlib_encoder).reward
     same = R.identity_reward(static_video(ASTRONAUT, 2), astronaut_refs, dlib_encoder).reward
     assert same >= 0.9 and same - other > 2 * ID_CALIBRATION["dlib"].delta_id  # measured: 0.99 vs 0.87
@@ -141,7 +142,7 @@ def test_dlib_separates_same_and_different_people_on_shared_faces(dlib_encoder):
     assert len(photos) == 16, f"expected the 16 test frames in {SHARED_FACES}"
     emb = {}
     for path in photos:
-        emb_f, found = dlib_encoder.embed_faces(R.read_photo(path)[None])
+        emb_f, found = dlib_encoder.embed_faces(F.read_photo(path)[None])
         if found[0]:
             emb[path.name] = emb_f[0]
     assert len(emb) >= 14
@@ -157,7 +158,7 @@ def test_dlib_separates_same_and_different_people_on_shared_faces(dlib_encoder):
 
 
 def test_identity_reward_refuses_references_from_another_backend(astronaut_refs, dlib_encoder):
-    other = R.References(astronaut_refs.crops, astronaut_refs.embeddings, astronaut_refs.mean_embedding,
+    other = F.References(astronaut_refs.crops, astronaut_refs.embeddings, astronaut_refs.mean_embedding,
                          "insightface", astronaut_refs.paths)
     with pytest.raises(ValueError, match="not comparable"):
         R.identity_reward(static_video(ASTRONAUT, 2), other, dlib_encoder)
@@ -170,7 +171,7 @@ def test_exif_orientation_is_honoured(tmp_path, astronaut_refs, dlib_encoder):
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
     Image.fromarray(np.rot90(ASTRONAUT).copy()).save(path, exif=exif, quality=95)
-    refs = R.load_references([path], dlib_encoder)  # HOG finds only upright faces
+    refs = F.load_references([path], dlib_encoder)  # HOG finds only upright faces
     assert float(refs.mean_embedding @ astronaut_refs.mean_embedding) > 0.95
 
 
@@ -183,20 +184,20 @@ def test_grey_rgba_16bit_and_palette_photos_are_converted(tmp_path, astronaut_re
              "palette": Image.fromarray(ASTRONAUT).convert("P", palette=Image.Palette.ADAPTIVE)}[kind]
     path = tmp_path / f"{kind}.png"
     image.save(path)
-    photo = R.read_photo(path)
+    photo = F.read_photo(path)
     assert photo.dtype == np.uint8 and photo.shape == (512, 512, 3)
     if kind == "grey16":  # 16-bit values are rescaled, not clipped to white
         np.testing.assert_array_equal(photo[..., 0], grey)
-    refs = R.load_references([path], dlib_encoder)
+    refs = F.load_references([path], dlib_encoder)
     assert float(refs.mean_embedding @ astronaut_refs.mean_embedding) > 0.9
 
 
 def test_several_faces_take_the_largest_with_a_warning_naming_the_file(dlib_encoder):
     group = INSIGHTFACE_IMAGES / "t1.jpg"
-    faces = dlib_encoder.find_faces(R.read_photo(group), thorough=True)
+    faces = dlib_encoder.find_faces(F.read_photo(group), thorough=True)
     assert len(faces) > 1
     with pytest.warns(UserWarning, match="t1.jpg"):
-        refs = R.load_references([group], dlib_encoder)
+        refs = F.load_references([group], dlib_encoder)
     largest = max(faces, key=lambda face: face.area)
     np.testing.assert_allclose(refs.embeddings[0], largest.embedding, atol=1e-6)
 
@@ -205,7 +206,7 @@ def test_a_folder_of_photos_gives_one_reference_per_photo(tmp_path, dlib_encoder
     Image.fromarray(ASTRONAUT).save(tmp_path / "a.png")
     Image.fromarray(ASTRONAUT[:, ::-1]).save(tmp_path / "b.jpg")
     (tmp_path / "notes.txt").write_text("not a photo")
-    refs = R.load_references(tmp_path, dlib_encoder)
+    refs = F.load_references(tmp_path, dlib_encoder)
     assert [Path(p).name for p in refs.paths] == ["a.png", "b.jpg"]
     assert refs.embeddings.shape == (2, 128) and refs.crops.shape == (2, 150, 150, 3)
     assert np.linalg.norm(refs.mean_embedding) == pytest.approx(1.0, abs=1e-6)
@@ -233,16 +234,16 @@ def test_bad_reference_photos_raise_one_clear_error(tmp_path, dlib_encoder, kind
     path = _bad_reference(kind, tmp_path)
     good = tmp_path / "good.png"
     Image.fromarray(ASTRONAUT).save(good)
-    with pytest.raises(R.ReferencePhotoError, match=what) as err:
-        R.load_references([good, path], dlib_encoder)  # never silently continue with the good one
+    with pytest.raises(F.ReferencePhotoError, match=what) as err:
+        F.load_references([good, path], dlib_encoder)  # never silently continue with the good one
     assert str(path) in str(err.value)
 
 
 def test_no_reference_photos_is_an_error(tmp_path, dlib_encoder):
-    with pytest.raises(R.ReferencePhotoError, match="no reference photos"):
-        R.load_references([], dlib_encoder)
-    with pytest.raises(R.ReferencePhotoError, match=str(tmp_path)):
-        R.load_references(tmp_path, dlib_encoder)  # an empty folder
+    with pytest.raises(F.ReferencePhotoError, match="no reference photos"):
+        F.load_references([], dlib_encoder)
+    with pytest.raises(F.ReferencePhotoError, match=str(tmp_path)):
+        F.load_references(tmp_path, dlib_encoder)  # an empty folder
 
 
 # ---- insightface backend ------------------------------------------------------------------------
@@ -272,7 +273,7 @@ def test_insightface_path_runs_a_torch_exported_arcface_onnx(tmp_path, astronaut
     np.testing.assert_allclose(faces[0].embedding, expected / np.linalg.norm(expected), atol=1e-5)
     np.testing.assert_array_equal(faces[0].crop, crop)
 
-    refs = R.load_references([astronaut_refs.paths[0]], encoder)
+    refs = F.load_references([astronaut_refs.paths[0]], encoder)
     score = R.identity_reward(static_video(ASTRONAUT, 2), refs, encoder)
     assert refs.backend == "insightface" and score.backend.startswith("insightface")
     assert score.reward == pytest.approx(1.0, abs=1e-5)

@@ -1,12 +1,11 @@
-"""The toy world (pretrain_tiny.py): its videos move as captioned, pretraining runs, the shipped weights work."""
+"""The toy world (toyworld/pretrain.py): its videos move as captioned, pretraining runs, the shipped weights work."""
 
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
-import pretrain_tiny as pt
+from toyworld import pretrain as pt
 import tiny
 from model import DEFAULTS, VideoModel
 
@@ -50,7 +49,7 @@ def test_latent_calibration_keeps_reconstructions_and_standardizes_latents():
         before = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mode()).sample
         pt.calibrate_latents(pipe.vae, world, args, torch.autocast("cpu", enabled=False), lambda *a: None)
         after = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mode()).sample
-        z = model._normalize(pipe.vae.encode(world.batch(16, 5, 32)[0]).latent_dist.mode())
+        z = model.normalize_latents(pipe.vae.encode(world.batch(16, 5, 32)[0]).latent_dist.mode())
     assert torch.allclose(before, after, atol=1e-4)
     assert abs(z.mean().item()) < 0.2 and 0.8 < z.std().item() < 1.2
 
@@ -63,7 +62,7 @@ def test_pretraining_runs_a_few_steps_on_cpu_and_tiny_loads_what_it_writes(tmp_p
     assert names == {"vae.safetensors", "transformer.safetensors", "text_encoder.safetensors"}
     assert sum(p.stat().st_size for p in tmp_path.glob("*.safetensors")) <= 20e6
     pipe = tiny.build_tiny_pipeline("tiny", pretrained=False)
-    tiny._load_pretrained_tiny_weights(pipe, str(tmp_path))  # strict: every key of every component
+    tiny.load_pretrained_weights(pipe, str(tmp_path))  # strict: every key of every component
     log = (tmp_path / "pretrain_log.jsonl").read_text()
     assert '"vae_end"' in log and '"transformer_end"' in log
 

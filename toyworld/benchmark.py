@@ -1,21 +1,21 @@
-"""bench/toyworld.py — MagicID's two claims, measured in minutes on a CPU, on the toy world.
+"""toyworld/benchmark.py — MagicID's two claims, measured in minutes on a CPU, on the toy world.
 
 The paper's claims (MagicID §1 and Tab. 1), as this benchmark tests them on held-out prompts:
   1. self-reconstruction customization (train.py's identity stage) kills motion and fades identity:
          r_dyn(identity stage) < r_dyn(base),  and r_id falls along a video longer than trained on;
   2. hybrid preference optimization restores motion while keeping identity:
          r_dyn(MagicID) > r_dyn(identity stage)  and  r_id(MagicID) ≥ r_id(identity stage).
-The base is `--model tiny` with the toy-world weights (pretrain_tiny.py: it knows camera motion and has
+The base is `--model tiny` with the toy-world weights (toyworld/pretrain.py: it knows camera motion and has
 never seen a face). For each identity, a real face photo that ships in a pip package (scikit-image's
 astronaut, matplotlib's Grace Hopper), this runs train.py end to end (static videos → identity LoRA →
 repository → hybrid pairs → DPO → evaluation) with the toy-world prompts, then evaluates the three
 models again on videos of LONG_FRAMES frames (training used 9) for the per-frame identity curve.
 
-Fixed before any result was seen, never tuned: the held-out prompts (prompts/toyworld_heldout.txt),
+Fixed before any result was seen, never tuned: the held-out prompts (toyworld/prompts/heldout.txt),
 the seeds (SEED, EVAL_SEEDS: train.py's evaluation seeds 10000 + 100·prompt + seed), LONG_FRAMES.
 
-    python bench/toyworld.py                            # both identities; writes runs/toyworld/results.md
-    python bench/toyworld.py --identity astronaut --train-arg=--beta=500 --out runs/toyworld_beta500
+    python toyworld/benchmark.py                            # both identities; writes runs/toyworld/results.md
+    python toyworld/benchmark.py --identity astronaut --train-arg=--beta=500 --out runs/toyworld_beta500
 
 Table: mean ± 95 % bootstrap CI over identities × held-out prompts × seeds (eval.bootstrap_ci).
 """
@@ -32,13 +32,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import eval as evaluation  # noqa: E402
-import pretrain_tiny  # noqa: E402
+import evaluate  # noqa: E402
+from toyworld import pretrain  # noqa: E402
 import train  # noqa: E402
 
 IDENTITIES = ("astronaut", "grace_hopper")
-TRAIN_PROMPTS = ROOT / "prompts" / "toyworld_train.txt"
-HELDOUT_PROMPTS = ROOT / "prompts" / "toyworld_heldout.txt"
+TRAIN_PROMPTS = ROOT / "toyworld" / "prompts" / "train.txt"
+HELDOUT_PROMPTS = ROOT / "toyworld" / "prompts" / "heldout.txt"
 SEED = 0            # train.py --seed; its evaluation draws seeds 10000 + 100·p + s
 EVAL_SEEDS = 3      # seeds per held-out prompt
 LONG_FRAMES = 17    # the identity curve's video length; train.py trains and evaluates on 9
@@ -67,9 +67,9 @@ def main(argv=None) -> dict:
         rows_long += [{**r, "identity": name} for r in long]
 
     results = {"identities": identities, "train_args": args.train_arg, "base_motion_check": base_check,
-               "table_9": evaluation.summarize(rows9, list(VARIANTS)),
-               "table_long": evaluation.summarize(rows_long, list(VARIANTS)),
-               "per_identity_9": {n: evaluation.summarize([r for r in rows9 if r["identity"] == n], list(VARIANTS))
+               "table_9": evaluate.summarize(rows9, list(VARIANTS)),
+               "table_long": evaluate.summarize(rows_long, list(VARIANTS)),
+               "per_identity_9": {n: evaluate.summarize([r for r in rows9 if r["identity"] == n], list(VARIANTS))
                                   for n in identities}}
     results["claims"] = check_claims(results["table_9"], results["table_long"])
     text = report(results)
@@ -110,7 +110,7 @@ def evaluate_run(ref: Path, run_dir: Path) -> tuple[list[dict], list[dict]]:
     """The three models of a finished run on the held-out prompts: at 9 frames (train.py's own
     evaluation, read back from its cache) and at LONG_FRAMES (generated here, cached beside it)."""
     from model import VideoModel
-    from rewards import load_references, make_face_encoder
+    from faces import load_references, make_face_encoder
 
     encoder = make_face_encoder("dlib")
     refs = load_references([ref], encoder)
@@ -122,8 +122,8 @@ def evaluate_run(ref: Path, run_dir: Path) -> tuple[list[dict], list[dict]]:
     config = json.loads((run_dir / "config.json").read_text())
     common = dict(prompts=prompts, seeds=EVAL_SEEDS, refs=refs, encoder=encoder, seed=SEED + 10_000)
     video = dict(frames=None, height=None, width=None, steps=config["sample_steps"])
-    short = evaluation.evaluate(model, VARIANTS, video=video, cache_dir=run_dir / "eval", **common)
-    long = evaluation.evaluate(model, VARIANTS, video={**video, "frames": LONG_FRAMES},
+    short = evaluate.evaluate(model, VARIANTS, video=video, cache_dir=run_dir / "eval", **common)
+    long = evaluate.evaluate(model, VARIANTS, video={**video, "frames": LONG_FRAMES},
                                cache_dir=run_dir / f"eval_{LONG_FRAMES}f", **common)
     return short["rows"], long["rows"]
 
@@ -139,11 +139,11 @@ def motion_check(out: Path) -> dict:
         return json.loads(cache.read_text())
     model = VideoModel.from_pretrained("tiny")
     per_motion = {}
-    for motion in pretrain_tiny.MOTIONS:
+    for motion in pretrain.MOTIONS:
         subjects = ("a cat", "a rocket")
         prompts = [f"a photo of {s}" if motion == "still" else f"{s}, {motion}" for s in subjects]
         videos, _ = model.sample(prompts, seed=SEED, steps=12)
-        follows = [pretrain_tiny.follows_caption(motion, pretrain_tiny.measure_motion(v)) for v in videos]
+        follows = [pretrain.follows_caption(motion, pretrain.measure_motion(v)) for v in videos]
         per_motion[motion] = {"follows": float(np.mean(follows)),
                               "r_dyn": float(np.mean([dynamic_reward(v, model.defaults.fps).reward for v in videos]))}
     result = {"follow_rate": float(np.mean([m["follows"] for m in per_motion.values()])), "per_motion": per_motion}
@@ -198,7 +198,7 @@ def report(results: dict) -> str:
     for claim, held in results["claims"].items():
         if claim != "id_curve_thirds":
             lines.append(f"- {claim.strip()}: {'yes' if held else 'no'}")
-    lines.append(f"- r_id first third → last third: " + ", ".join(
+    lines.append("- r_id first third → last third: " + ", ".join(
         f"{v} {a:.3f} → {b:.3f}" for v, (a, b) in results["claims"]["id_curve_thirds"].items()))
     return "\n".join(lines) + "\n"
 

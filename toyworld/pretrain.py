@@ -1,4 +1,4 @@
-"""pretrain_tiny.py — the toy world: a tiny text-to-video base that knows motion, trained from scratch in minutes.
+"""toyworld/pretrain.py — the toy world: a tiny text-to-video base that knows motion, trained from scratch in minutes.
 
 MagicID's claims are about motion: self-reconstruction on still photos kills it, preference learning
 keeps it. A random-init model has no motion to lose, so this script gives the `--model tiny` preset
@@ -20,7 +20,7 @@ keeps it. A random-init model has no motion to lose, so this script gives the `-
 Each phase stops at its step count or its share of --budget-s, whichever comes first; the log says
 which. Writes <out>/{vae,transformer,text_encoder}.safetensors, which tiny.py loads from weights/tiny/.
 
-    python pretrain_tiny.py --device cuda --out weights/tiny            # bench/TOYWORLD.md: the exact run
+    python toyworld/pretrain.py --device cuda --out weights/tiny            # toyworld/README.md: the exact run
 
 Exports: ToyWorld, MOTIONS, FACE_IMAGES, measure_motion, caption_follow_rate, main.
 """
@@ -31,14 +31,18 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-import tiny
-from model import DEFAULTS, VideoModel
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tiny.py, model.py
+
+import tiny  # noqa: E402
+from model import DEFAULTS, VideoModel  # noqa: E402
 
 # scikit-image's images and the subject each caption names. Faces are never in the pretraining data:
 # the benchmark's identities (astronaut) and anything else with a person in it stay out.
@@ -66,7 +70,7 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     pipe = tiny.build_tiny_pipeline("tiny", pretrained=False)
     if args.init:  # continue from an earlier run's weights
-        tiny._load_pretrained_tiny_weights(pipe, args.init)
+        tiny.load_pretrained_weights(pipe, args.init)
     pipe.to(device)
     model = VideoModel(pipe, "wan", DEFAULTS["tiny"], "tiny")  # the objective of every later stage
     world = ToyWorld(device, seed=args.seed)
@@ -402,7 +406,7 @@ def encode_pool(model, world, args, deadline, autocast, log) -> list[tuple[torch
             x, caps, _ = world.batch(min(batch, count - len(captions)), frames, args.size)
             with autocast:
                 z = model.vae.encode(x).latent_dist.mode().float()
-            latents.append(model._normalize(z).to(torch.bfloat16))          # model.py's latent space
+            latents.append(model.normalize_latents(z).to(torch.bfloat16))          # model.py's latent space
             captions += caps
         if count and captions:
             pools.append((torch.cat(latents), captions))

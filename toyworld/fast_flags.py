@@ -1,15 +1,15 @@
-"""bench/toyworld_fast.py — what fast_sampling's lossy flags do to the rewards, measured in the toy world.
+"""toyworld/fast_flags.py — what fast_sampling's lossy flags do to the rewards, measured in the toy world.
 
 The preference repository may be generated in fast mode (fewer UniPC steps, the unconditional CFG branch
 only every k-th step). bench/NOTES.md gives each flag's speed-up and latent difference on the H100; this
 script asks the question that matters for MagicID: do the rewards the pairs are chosen by (r_id, face-hit
 rate, r_dyn) stay the same? For the base and the identity-stage and MagicID LoRAs of a finished toy-world
-run (bench/toyworld.py), it samples the repository prompts × seeds with each variant from the same noise and
+run (toyworld/benchmark.py), it samples the repository prompts × seeds with each variant from the same noise and
 prints mean [95 % CI] of each reward, the mean per-video change against the exact sampler, and seconds per
 video on this machine.
 
-    python bench/toyworld.py --identity astronaut          # first: a toy-world run
-    python bench/toyworld_fast.py --run runs/toyworld/astronaut --seeds 4
+    python toyworld/benchmark.py --identity astronaut          # first: a toy-world run
+    python toyworld/fast_flags.py --run runs/toyworld/astronaut --seeds 4
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import fast_sampling  # noqa: E402
-from eval import bootstrap_ci  # noqa: E402
+from evaluate import bootstrap_ci  # noqa: E402
 from model import VideoModel  # noqa: E402
-from rewards import load_references, make_face_encoder, score_videos  # noqa: E402
+from faces import load_references, make_face_encoder  # noqa: E402
+from rewards import score_videos  # noqa: E402
 from train import read_prompts  # noqa: E402
 
 REWARDS = ("r_id", "face_hit_rate", "r_dyn")

@@ -1,4 +1,4 @@
-"""eval.py on the tiny preset with real LoRAs: the table is the rewards, the intervals are bootstrap
+"""evaluate.py on the tiny preset with real LoRAs: the table is the rewards, the intervals are bootstrap
 intervals that narrow with more videos, and bad inputs stop with one clear line.
 
 The photo is examples/astronaut.jpg (Eileen Collins, NASA, public domain). The tiny preset draws no faces,
@@ -22,9 +22,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import eval as E  # noqa: E402
+import evaluate as E  # noqa: E402
 from model import VideoModel  # noqa: E402
-from rewards import dynamic_reward, identity_reward, load_clip, load_references, make_face_encoder  # noqa: E402
+from faces import load_references, make_face_encoder  # noqa: E402
+from rewards import dynamic_reward, identity_reward, load_clip  # noqa: E402
 
 PHOTO = REPO / "examples" / "astronaut.jpg"
 SIZE = dict(frames=5, height=64, width=64, steps=2)
@@ -262,7 +263,7 @@ def test_missing_inputs_stop_with_one_clear_error_line(loras, tmp_path):
     processes = {}
     for flag, (value, _) in cases.items():  # started together: each pays Python's import time once, in parallel
         args = [item for key, good_value in good.items() for item in (key, value if key == flag else good_value)]
-        processes[flag] = subprocess.Popen([sys.executable, str(REPO / "eval.py"), *args, *QUICK, "--out",
+        processes[flag] = subprocess.Popen([sys.executable, str(REPO / "evaluate.py"), *args, *QUICK, "--out",
                                             str(tmp_path / "out")], cwd=tmp_path, stdout=subprocess.PIPE,
                                            stderr=subprocess.PIPE, text=True)
     for flag, process in processes.items():

@@ -1,4 +1,4 @@
-"""eval.py — the paper's comparison: base model vs identity-stage LoRA vs MagicID LoRA, on held-out prompts.
+"""evaluate.py — the paper's comparison: base model vs identity-stage LoRA vs MagicID LoRA, on held-out prompts.
 
 For each model variant v, held-out prompt c and seed s, generate a video and score it (rewards.py):
     face similarity r_id (ArcFace or dlib cosine to the mean reference embedding; the backend is named
@@ -13,7 +13,7 @@ The per-frame ID curve (cosine to the reference at each sampled frame position, 
 seeds, with its bootstrap CI) shows whether identity fades as the video goes on: the paper's claim is that
 it does for the baseline, not for MagicID; pass --frames longer than training to look for it.
 
-    python eval.py --model tiny --ref photo.jpg --lora-baseline runs/x/identity_lora \\
+    python evaluate.py --model tiny --ref photo.jpg --lora-baseline runs/x/identity_lora \\
                    --lora-magicid runs/x/magicid_lora --seeds 3 --out runs/x/eval_table
 
 Outputs in --out: table.md, table.csv (mean, CI per model and metric), rows.csv (every video's numbers),
@@ -22,7 +22,7 @@ scores as JSON: a rerun with the same settings reuses them, any change regenerat
 
 One identity per call: --ref takes several photos (or a folder) of that one person, and the two LoRAs are
 that person's. For several identities, loop, one run folder each:
-    for who in alice bob; do python eval.py --ref photos/$who --lora-baseline runs/$who/identity_lora \\
+    for who in alice bob; do python evaluate.py --ref photos/$who --lora-baseline runs/$who/identity_lora \\
         --lora-magicid runs/$who/magicid_lora --out runs/$who/eval_table; done
 
 Exports: evaluate (used by train.py's report), score_video, temporal_consistency, bootstrap_ci, summarize,
@@ -225,7 +225,8 @@ def write_outputs(results: dict, out: Path, backend: str) -> None:
 
 def main(argv=None) -> Path:
     from model import ModelLoadError, add_model_args, load_model_from_args
-    from rewards import ReferencePhotoError, load_clip, load_references, make_face_encoder
+    from faces import ReferencePhotoError, load_references, make_face_encoder
+    from rewards import load_clip
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
