@@ -46,11 +46,15 @@ def read_video(path: str) -> np.ndarray:
 
 
 def contact_sheet(video: np.ndarray, columns: int = 8, max_frames: int = 16) -> np.ndarray:
-    """video: uint8 [F, H, W, 3] -> one image [rows·H, columns·W, 3] of evenly spaced frames."""
+    """video: uint8 [F, H, W, 3] -> one image [rows·H, cols·W, 3] of evenly spaced frames, in reading order.
+
+    `columns` is the widest a row may be. The rows are balanced (cols = ceil(n / rows)), so the last row
+    lacks fewer than `rows` frames: 9 frames lay out 5 + 4, never 8 + a lone frame on a black row.
+    """
     picks = np.linspace(0, len(video) - 1, min(max_frames, len(video))).round().astype(int)
-    frames = video[picks]
-    columns = min(columns, len(frames))
+    frames = video[picks]                                         # [n, H, W, 3]
     rows = -(-len(frames) // columns)
+    columns = -(-len(frames) // rows)
     _, height, width, _ = frames.shape
     sheet = np.zeros((rows * height, columns * width, 3), dtype=np.uint8)
     for i, frame in enumerate(frames):
