@@ -65,7 +65,7 @@ def main():
         setup = time.perf_counter() - t0
         prompt = "an astronaut walks through a coffee shop"
         seconds, score = timed(lambda: R.prompt_reward(video, prompt, clip), args.repeats)
-        rows.append(("r_sem", f"CLIP {clip.name} ({args.device})", seconds, setup, "8 frames"))
+        rows.append(("r_sem", f"{clip.name} ({args.device})", seconds, setup, "8 frames"))
 
     print(f"\n{'reward':<7}{'backend':<34}{'s/video':>9}{'setup s':>9}  notes")
     for name, backend, seconds, setup, notes in rows:
