@@ -14,6 +14,12 @@ reward r_dyn (rewards.py): K videos per prompt from the initial model, K from th
       r_id(w) − r_id(l) ≥ δ_id/2   or   r_dyn(w) − r_dyn(l) ≥ ρ · r_dyn(l)   (ρ = 20 %, ours).
       Pairs are ranked by the normalized gap Δr_id / spread(r_id) + Δr_dyn / spread(r_dyn) and
       the top N are kept, each video used at most m times (m = 2, ours).
+  With a prompt judge (r_sem, rewards.py; our reading of the paper, which scores every video with a
+      VLM and reports that the semantic reward raises both motion and CLIP-T, Table 3, but does not
+      spell out how it enters the selection): generated videos below a floor, r_sem < sem_floor,
+      take part in no pair of either rule, and r_sem is a third objective of the dynamic rule: the
+      frontier is over (r_id, r_dyn, r_sem), the loser is dominated in all three (the margins stay on
+      r_id and r_dyn) and the ranking adds Δr_sem / spread(r_sem).
 
 Exports: static_video, crop_around_face, Repository, pareto_frontier, select_identity_pairs, select_dynamic_pairs,
 Selection, summary.
@@ -281,8 +287,11 @@ def select_identity_pairs(r_id, r_dyn, prompt, source, *, delta_id=0.1, tau_dyn=
     ArcFace, METHOD.md; pass faces.ID_CALIBRATION[backend].delta_id). τ_dyn is in r_dyn's unit,
     flow px at a 256 px short side; 2.0 (ours) is a third of VBench's 6 px "moving" threshold,
     so a pair never spans still vs moving. Ranked by the ID gap when max_pairs / max_uses (default: no limit) cut.
+    r_sem [N] (None: no prompt judge) with sem_floor: a generated video with r_sem < sem_floor is left
+    out; a static video never is (it shows the person by construction, and its pairs train on the
+    generated member's prompt), so it may have NaN (unscored).
     """
-    r_id, r_dyn, prompt, static, eligible, sel = _prepare("identity", r_id, r_dyn, prompt, source, r_sem, sem_floor)
+    r_id, r_dyn, _, prompt, static, eligible, sel = _prepare("identity", r_id, r_dyn, prompt, source, r_sem, sem_floor)
     i, j = np.triu_indices(len(r_id), k=1)               # every unordered pair once
     i, j = i[eligible[i] & eligible[j]], j[eligible[i] & eligible[j]]
     w = np.where(r_id[i] >= r_id[j], i, j)                # the higher ID wins
@@ -302,37 +311,40 @@ def select_dynamic_pairs(r_id, r_dyn, prompt, source, *, delta_id=0.1, dyn_margi
     """Dynamic pairs (frontier-based): a frontier winner that dominates the loser by a margin.
 
     Same inputs as select_identity_pairs. Per prompt, over its generated (non-static) videos:
-    winner w on the Pareto frontier of (r_id, r_dyn); loser l with r_id(w) ≥ r_id(l),
-    r_dyn(w) ≥ r_dyn(l) and [r_id(w) − r_id(l) ≥ δ_id/2 or r_dyn(w) − r_dyn(l) ≥ dyn_margin·r_dyn(l)
-    with a positive gap]. Score = Δr_id / spread(r_id) + Δr_dyn / spread(r_dyn), the spreads
-    (max − min) taken over all eligible generated videos so scores compare across prompts; the
-    best pairs are kept greedily, at most max_pairs (None: no cap), each video in ≤ max_uses pairs.
+    winner w on the Pareto frontier of the rewards R = (r_id, r_dyn), or (r_id, r_dyn, r_sem) when
+    r_sem is given; loser l with r(w) ≥ r(l) for every r in R and [r_id(w) − r_id(l) ≥ δ_id/2 or
+    r_dyn(w) − r_dyn(l) ≥ dyn_margin·r_dyn(l) with a positive gap]. Score = Σ_{r∈R} Δr / spread(r),
+    the spreads (max − min) taken over all eligible generated videos so scores compare across
+    prompts; the best pairs are kept greedily, at most max_pairs (None: no cap), each video in
+    ≤ max_uses pairs. sem_floor drops videos as in select_identity_pairs.
     """
-    r_id, r_dyn, prompt, static, eligible, sel = _prepare("dynamic", r_id, r_dyn, prompt, source, r_sem, sem_floor)
+    r_id, r_dyn, r_sem, prompt, static, eligible, sel = _prepare("dynamic", r_id, r_dyn, prompt, source,
+                                                                 r_sem, sem_floor)
+    rewards = [r_id, r_dyn] if r_sem is None else [r_id, r_dyn, r_sem]   # the objectives, each [N]
     sel.rejected["static video, not a dynamic candidate (videos)"] += int(static.sum())
     pool = np.flatnonzero(eligible & ~static)
-    spread_id = np.ptp(r_id[pool]) if len(pool) and np.ptp(r_id[pool]) > 0 else 1.0
-    spread_dyn = np.ptp(r_dyn[pool]) if len(pool) and np.ptp(r_dyn[pool]) > 0 else 1.0
+    spreads = [np.ptp(r[pool]) if len(pool) and np.ptp(r[pool]) > 0 else 1.0 for r in rewards]
     groups = {}
     for k in pool:
         groups.setdefault(prompt[k], []).append(k)
     ws, ls = [], []
     for members in groups.values():
         members = np.array(members)
-        front = pareto_frontier(np.stack([r_id[members], r_dyn[members]], 1))
+        front = pareto_frontier(np.stack([r[members] for r in rewards], 1))   # [n, |R|] -> [n]
         a, b = np.meshgrid(np.arange(len(members)), np.arange(len(members)), indexing="ij")
         a, b = a[a != b], b[a != b]                      # ordered (winner, loser) candidates
         w, l = members[a], members[b]
-        id_gap, dyn_gap = r_id[w] - r_id[l], r_dyn[w] - r_dyn[l]
+        gaps = np.stack([r[w] - r[l] for r in rewards])  # [|R|, candidates]
+        id_gap, dyn_gap = gaps[0], gaps[1]
         margin = (id_gap >= delta_id / 2 - EPS) | ((dyn_gap > 0) & (dyn_gap >= dyn_margin * r_dyn[l] - EPS))
         reasons = [("winner off the frontier", ~front[a]),
-                   ("loser not dominated", (id_gap < 0) | (dyn_gap < 0)),
+                   ("loser not dominated", (gaps < 0).any(0)),
                    ("gap below margin", ~margin)]
         ok = _count_rejections(sel, reasons, len(w))
         ws.append(w[ok])
         ls.append(l[ok])
     w, l = (np.concatenate(ws), np.concatenate(ls)) if ws else (np.array([], int), np.array([], int))
-    score = (r_id[w] - r_id[l]) / spread_id + (r_dyn[w] - r_dyn[l]) / spread_dyn
+    score = sum((r[w] - r[l]) / spread for r, spread in zip(rewards, spreads))
     _keep_top(sel, w, l, score, prompt[w], max_pairs, max_uses)
     return sel
 
@@ -344,20 +356,30 @@ def summary(*selections):
 
 
 def _prepare(rule, r_id, r_dyn, prompt, source, r_sem, sem_floor):
-    """Arrays in, plus the videos allowed to take part: r_sem (the prompt judge) is only a floor."""
+    """Arrays in (r_sem None without a prompt judge), plus the videos allowed to take part."""
     r_id, r_dyn = np.asarray(r_id, dtype=float), np.asarray(r_dyn, dtype=float)   # [N]
     prompt, source = np.asarray(prompt, dtype=object), np.asarray(source, dtype=object)
     if not (len(r_id) == len(r_dyn) == len(prompt) == len(source)):
         raise ValueError("r_id, r_dyn, prompt and source must have one entry per video")
     if not set(source) <= set(SOURCES):
         raise ValueError(f"source must be in {SOURCES}, got {sorted(set(source) - set(SOURCES))}")
-    sel = Selection(rule)
+    sel, static = Selection(rule), source == "static"
     eligible = np.ones(len(r_id), dtype=bool)
-    if r_sem is not None and sem_floor is not None:
-        r_sem = np.asarray(r_sem, dtype=float)
-        eligible = ~(r_sem < sem_floor)                 # NaN (unscored, e.g. static) passes
+    if r_sem is None:
+        if sem_floor is not None:
+            raise ValueError("sem_floor needs r_sem: score the videos with a prompt judge, or leave the floor out")
+        return r_id, r_dyn, None, prompt, static, eligible, sel
+    r_sem = np.asarray(r_sem, dtype=float)             # [N]
+    if len(r_sem) != len(r_id):
+        raise ValueError(f"r_sem must hold one score per video: {len(r_sem)} for {len(r_id)} videos")
+    unscored = ~static & ~np.isfinite(r_sem)
+    if unscored.any():
+        raise ValueError(f"r_sem is NaN for {int(unscored.sum())} generated videos: score every generated video "
+                         f"with the same prompt judge, or pass r_sem=None")
+    if sem_floor is not None:
+        eligible = static | (r_sem >= sem_floor)
         sel.rejected["r_sem < floor (videos)"] += int((~eligible).sum())
-    return r_id, r_dyn, prompt, source == "static", eligible, sel
+    return r_id, r_dyn, r_sem, prompt, static, eligible, sel
 
 
 def _count_rejections(sel, reasons, n):

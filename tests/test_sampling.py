@@ -283,10 +283,70 @@ def test_frontier_never_pairs_a_dominated_winner(seed):
     assert sel.scores == sorted(sel.scores, reverse=True)
 
 
-def test_semantic_floor_drops_videos_but_not_unscored_static_ones():
-    r_sem = [0.3, 0.1, 0.3, 0.3, np.nan]                    # B is off-prompt; E (static) has no r_sem
-    sel = select_identity_pairs(R_ID, R_DYN, PROMPT, SOURCE, tau_dyn=3.0, r_sem=r_sem, sem_floor=0.2)
+# ----------------------------------------------------------------------------- the prompt judge's r_sem
+
+def test_the_floor_drops_exactly_the_generated_videos_below_it_in_both_rules():
+    # Identity (prompts as above): B (r_sem 0.1) is below the floor 0.2 and A>B goes; E is static and
+    # scored 0.0 but stays (it is the person by construction), so C>D and E>D remain.
+    sel = select_identity_pairs(R_ID, R_DYN, PROMPT, SOURCE, tau_dyn=3.0, r_sem=[0.6, 0.1, 0.6, 0.6, 0.0],
+                                sem_floor=0.2)
     assert sorted(sel.pairs) == [(2, 3), (4, 3)] and sel.rejected["r_sem < floor (videos)"] == 1
+    # Dynamic, one prompt: D (0.1) goes, C exactly at the floor (0.2) stays. Frontier over (r_id, r_dyn,
+    # r_sem) of A (0.9, 5, 0.6), B (0.5, 8, 0.6), C (0.8, 4, 0.2): {A, B}; A beats C in all three.
+    # Spreads over A, B, C: 0.4, 4, 0.4, so A>C scores 0.1/0.4 + 1/4 + 0.4/0.4 = 1.5.
+    r_sem = [0.6, 0.6, 0.2, 0.1, np.nan]
+    sel = select_dynamic_pairs(R_ID, R_DYN, [0] * 5, SOURCE, r_sem=r_sem, sem_floor=0.2)
+    assert sel.pairs == [(0, 2)] and np.allclose(sel.scores, [1.5])
+    assert sel.rejected["r_sem < floor (videos)"] == 1
+    # without the floor D is back, as the loser of A and B (spreads 0.5, 5, 0.5): A>D 1 + 0.4 + 1 = 2.4,
+    # B>D 0.2 + 1 + 1 = 2.2, A>C 0.2 + 0.2 + 0.8 = 1.2
+    sel = select_dynamic_pairs(R_ID, R_DYN, [0] * 5, SOURCE, r_sem=r_sem)
+    assert sel.pairs == [(0, 3), (1, 3), (0, 2)] and np.allclose(sel.scores, [2.4, 2.2, 1.2])
+
+
+def test_r_sem_is_a_third_objective_of_the_dynamic_frontier():
+    # C (0.8, 4) is dominated by A (0.9, 5) in (r_id, r_dyn), but follows the prompt far better
+    # (0.9 vs 0.2): on the 3-reward frontier it wins against D, and A can no longer beat it.
+    # Spreads 0.5, 5, 0.7: C>D 0.8 + 0.2 + 1 = 2.0, A>D 1 + 0.4 + 0 = 1.4, B>D 0.2 + 1 + 0 = 1.2.
+    sel = select_dynamic_pairs(R_ID, R_DYN, [0] * 5, SOURCE, r_sem=[0.2, 0.2, 0.9, 0.2, np.nan], max_uses=None)
+    assert sel.pairs == [(2, 3), (0, 3), (1, 3)] and np.allclose(sel.scores, [2.0, 1.4, 1.2])
+    assert sel.rejected["loser not dominated"] == 6          # A, B, C trade off: no frontier video beats another
+    assert select_dynamic_pairs(R_ID, R_DYN, [0] * 5, SOURCE, max_uses=None).pairs == [(0, 3), (1, 3), (0, 2)]
+
+
+@pytest.mark.parametrize("seed", FRESH_SEEDS)
+def test_three_reward_pairs_match_a_brute_force_search(seed):
+    rng = np.random.default_rng(seed)
+    r_id, r_dyn, prompt, source = random_repository(rng, k=8, ties=seed % 2 == 0)
+    r_sem = np.round(rng.uniform(0, 1, len(r_id)), 1 if seed % 2 == 0 else 6)   # ties on even seeds
+    r_sem[source == "static"] = np.nan
+    floor = float(rng.uniform(0, 0.3))
+    sel = select_dynamic_pairs(r_id, r_dyn, prompt, source, r_sem=r_sem, sem_floor=floor, max_uses=None)
+    rewards = np.stack([r_id, r_dyn, r_sem], 1)              # [N, 3]
+    kept = [k for k in range(len(r_id)) if source[k] != "static" and r_sem[k] >= floor]
+
+    def dominates(q, p):
+        return (rewards[q] >= rewards[p]).all() and (rewards[q] > rewards[p]).any()
+
+    expected = set()
+    for w in kept:
+        rivals = [k for k in kept if prompt[k] == prompt[w]]
+        if any(dominates(k, w) for k in rivals):
+            continue                                         # the winner must be on its prompt's frontier
+        for l in rivals:
+            margin = (r_id[w] - r_id[l] >= 0.05 - 1e-9
+                      or r_dyn[w] - r_dyn[l] >= max(0.2 * r_dyn[l] - 1e-9, 1e-12))
+            if l != w and (rewards[w] >= rewards[l]).all() and margin:
+                expected.add((w, l))
+    assert expected and set(sel.pairs) == expected and len(sel.pairs) == len(expected)
+    assert sel.rejected["r_sem < floor (videos)"] == sum(r_sem[source != "static"] < floor)
+
+
+def test_a_floor_without_scores_or_unscored_generated_videos_is_an_error():
+    with pytest.raises(ValueError, match="sem_floor needs r_sem"):
+        select_identity_pairs(R_ID, R_DYN, PROMPT, SOURCE, sem_floor=0.2)
+    with pytest.raises(ValueError, match="NaN for 1 generated videos"):
+        select_dynamic_pairs(R_ID, R_DYN, PROMPT, SOURCE, r_sem=[0.5, np.nan, 0.5, 0.5, np.nan])
 
 
 def test_summary_reports_pairs_and_reasons_per_rule():
