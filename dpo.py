@@ -10,14 +10,12 @@ loser. At the start f_θ = f_ref, the bracket is 0 and L = log 2. An optional SF
 λ_sft · e_θ(x_w) (ours, default 0).
 
 Batches are laid out [winners; losers]: rows 0..B-1 are x_w, rows B..2B-1 the matching x_l.
-The objective lives in model.py (add_noise, target); this file never asks which backbone runs.
+The objective lives in model.py (denoising_error); this file never asks which backbone runs.
 The reference is not a copy of the network: the same transformer runs with the policy's LoRA
 switched off and the frozen reference adapter on, under no_grad.
 
 Exports: dpo_loss (the equation, pure), preference_step (one batch through policy and reference), BETA.
 """
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
@@ -30,41 +28,38 @@ import torch.nn.functional as F
 BETA = 2500.0
 
 
-def dpo_loss(pred, ref_pred, target, beta=BETA):
-    """The Diffusion-DPO loss for a batch [winners; losers], computed in fp32.
+def dpo_loss(e_theta, e_ref, beta=BETA):
+    """The Diffusion-DPO loss from per-sample denoising errors of a batch [winners; losers].
 
-    pred, ref_pred, target: [2B, ...] (policy prediction, reference prediction, regression target).
-    Returns (loss: scalar tensor, metrics: dict of floats):
+    e_theta, e_ref: [2B] fp32 (policy and reference errors, model.denoising_error).
+    Returns (loss: scalar tensor, metrics: dict of 0-d tensors, turned into numbers only when logged,
+    so a GPU step never waits on them):
       implicit_accuracy  fraction of pairs where the policy favours the winner (−inner > 0)
       reward_margin      mean implicit reward margin −(β/2)·inner
       err_w, err_l       mean policy errors e_θ(x_w), e_θ(x_l)
     """
-    e_theta = _per_sample_mse(pred, target)               # [2B]
-    e_ref = _per_sample_mse(ref_pred, target)             # [2B]
-    e_theta_w, e_theta_l = e_theta.chunk(2)               # [B], [B]
-    e_ref_w, e_ref_l = e_ref.chunk(2)
+    e_theta_w, e_theta_l = e_theta.float().chunk(2)       # [B], [B]
+    e_ref_w, e_ref_l = e_ref.float().chunk(2)
     inner = (e_theta_w - e_ref_w) - (e_theta_l - e_ref_l)   # [B]; < 0: winner improved more
     reward_margin = -beta / 2 * inner                     # [B]
     loss = -F.logsigmoid(reward_margin).mean()            # −log σ(−β/2 · inner), stable for any margin
     metrics = {
-        "loss_dpo": loss.item(),
-        "implicit_accuracy": (reward_margin > 0).float().mean().item(),
-        "reward_margin": reward_margin.mean().item(),
-        "err_w": e_theta_w.mean().item(),
-        "err_l": e_theta_l.mean().item(),
+        "loss_dpo": loss.detach(),
+        "implicit_accuracy": (reward_margin > 0).float().mean(),
+        "reward_margin": reward_margin.detach().mean(),
+        "err_w": e_theta_w.detach().mean(),
+        "err_l": e_theta_l.detach().mean(),
     }
     return loss, metrics
 
 
 def preference_step(model, batch, beta=BETA, sft_weight=0.0, policy_adapter="default",
-                    reference_adapter="reference", generator=None, autocast_dtype=None):
-    """One batch of pairs through policy and reference; returns (loss, metrics) for backward().
+                    reference_adapter="reference", generator=None):
+    """One batch of pairs through policy and reference; returns (loss, metrics of 0-d tensors) for backward().
 
     batch: latents_w [B, C, F, H, W], latents_l [B, C, F, H, W], text_emb [B, L, D].
     policy_adapter runs with grad; reference_adapter (None = the base model) runs under no_grad.
     generator draws t and ε (a torch.Generator; fixing its seed fixes the draw).
-    autocast_dtype (e.g. torch.bfloat16) autocasts both forwards; LoRA weights stay as they are
-    (fp32) and the loss is computed in fp32.
     """
     latents_w, latents_l = batch["latents_w"], batch["latents_l"]
     B = latents_w.shape[0]
@@ -76,30 +71,16 @@ def preference_step(model, batch, beta=BETA, sft_weight=0.0, policy_adapter="def
     noise_device = generator.device if generator is not None else model.device
     noise = torch.randn(latents_w.shape, generator=generator, device=noise_device)
     noise = noise.to(model.device).repeat(2, 1, 1, 1, 1)                     # [2B, C, F, H, W]
-    x_t = model.add_noise(x0, noise, t)
-    target = model.target(x0, noise, t)
 
-    with _autocast(model.device, autocast_dtype):
-        with model.adapter(policy_adapter):
-            pred = model.predict(x_t, t, text_emb)                           # [2B, C, F, H, W]
-        with torch.no_grad(), model.adapter(reference_adapter):
-            ref_pred = model.predict(x_t, t, text_emb)
+    with model.adapter(policy_adapter):
+        e_theta = model.denoising_error(x0, noise, t, text_emb)              # [2B]
+    with torch.no_grad(), model.adapter(reference_adapter):
+        e_ref = model.denoising_error(x0, noise, t, text_emb)                # [2B]
 
-    loss, metrics = dpo_loss(pred, ref_pred, target, beta)
+    loss, metrics = dpo_loss(e_theta, e_ref, beta)
     if sft_weight:
-        sft = _per_sample_mse(pred[:B], target[:B]).mean()                   # plain denoising on winners
+        sft = e_theta[:B].mean()                                             # plain denoising on winners
         loss = loss + sft_weight * sft
-        metrics["loss_sft"] = sft.item()
-    metrics["loss"] = loss.item()
+        metrics["loss_sft"] = sft.detach()
+    metrics["loss"] = loss.detach()
     return loss, metrics
-
-
-def _per_sample_mse(pred, target):
-    """e: [N], the mean squared error of each sample over all its other dimensions, in fp32."""
-    return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
-
-
-def _autocast(device, dtype):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)

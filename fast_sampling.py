@@ -17,13 +17,13 @@ difference is in bench/NOTES.md):
     cfg_interval=k  run the unconditional branch only every k-th step and reuse the last guidance
                     direction d = v(x, t, c) − v(x, t, c_neg) in between:  v_t = v(x_t, t, c) + (g − 1)·d
 
-Flow-matching backbones only (Wan); supports(model) says whether a model can use it.
-Exports: sample_latents, sample, supports.
+Flow-matching backbones only (Wan); supports(model) says whether a model can use it. Callers use
+model.sample(..., cfg_interval=k): it draws the noise and encodes the prompts, then calls sample_latents.
+Exports: sample_latents, supports.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 
@@ -71,25 +71,3 @@ def sample_latents(model, text_emb: torch.Tensor, negative_emb: torch.Tensor, no
 def _predict(model, x: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
     # WanPipeline guides in the transformer's dtype; predict's fp32 copy of a bf16 output casts back exactly.
     return model.predict(x, t.expand(x.shape[0]), text_emb).to(model.dtype)
-
-
-def sample(model, prompts: list[str], frames: int | None = None, height: int | None = None,
-           width: int | None = None, steps: int | None = None, guidance: float | None = None,
-           seed: int | list[int] = 0, negative_prompt: str = "", cfg_interval: int = 1):
-    """model.sample's contract, faster: (videos uint8 [B, F, H, W, 3], latents [B, C, f, h, w] on the CPU).
-
-    The same seed draws the same noise as model.sample, so the two return the same videos (lossless mode).
-    """
-    d = model.defaults
-    frames, height, width = frames or d.frames, height or d.height, width or d.width
-    model.check_video_size(frames, height, width)
-    seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
-    if len(seeds) != len(prompts):
-        raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-    shape = model.latent_shape(frames, height, width)
-    noise = torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
-    text_emb = model.encode_prompt(list(prompts))                       # [B, L, D]
-    negative_emb = model.encode_prompt([negative_prompt])               # [1, L, D]: encoded once, shared
-    latents = sample_latents(model, text_emb, negative_emb, noise, steps, guidance, cfg_interval)
-    videos: np.ndarray = model.decode(latents)
-    return videos, latents.cpu()

@@ -4,7 +4,8 @@
 
 Loads a backbone (model.py), optionally a MagicID LoRA written by train.py, and writes for every
 prompt an mp4 and a PNG contact sheet of its frames to --out. Prompts name the person with the same
-token the LoRA was trained with (train.py's --token, "sks" by default): "a sks person surfing".
+token the LoRA was trained with (train.py's --token, "sks" by default): "a sks person surfing"; in a
+--prompts file, "{person}" stands for "a <token> person" (prompt_files.py), as in train.py's files.
 
     python generate.py --model tiny --prompt "a person walking" --out /tmp/g          # offline, CPU
     python generate.py --lora runs/me/magicid_lora --prompt "a sks person surfing"   # Wan2.1-1.3B, GPU
@@ -20,15 +21,17 @@ import sys
 from tqdm import tqdm
 
 import media
-from model import ModelLoadError, add_model_args, load_model_from_args
+from model import HelpFormatter, ModelLoadError, add_model_args, load_model_from_args
+from prompt_files import person_phrase, read_prompts
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(parser)
     parser.add_argument("--lora", default=None, help="LoRA folder from train.py (default: the base model)")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt; repeat the flag for several")
-    parser.add_argument("--prompts", default=None, help="text file, one prompt per line")
+    parser.add_argument("--prompts", default=None, help="text file, one prompt per line; {person} -> 'a <token> person'")
+    parser.add_argument("--token", default="sks", help="the word the LoRA was trained with (train.py --token)")
     parser.add_argument("--negative-prompt", default="", help="what to steer away from (classifier-free guidance)")
     parser.add_argument("--frames", type=int, default=None, help="frames per video, 4k+1 (default: the model's)")
     parser.add_argument("--height", type=int, default=None, help="pixels, multiple of 16 (default: the model's)")
@@ -43,7 +46,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list[str]:
     args = parse_args(argv)
-    prompts = read_prompts(args.prompt, args.prompts)
+    try:
+        prompts = list(args.prompt) + (read_prompts(args.prompts, person_phrase(args.token)) if args.prompts else [])
+        if not prompts:
+            raise ValueError('give at least one --prompt "..." or a --prompts file')
+    except ValueError as error:
+        sys.exit(f"error: {error}")
     try:
         model = load_model_from_args(args)
         if args.lora:
@@ -67,18 +75,6 @@ def main(argv=None) -> list[str]:
         written.append(stem + ".mp4")
     print(f"wrote {len(written)} video(s) to {os.path.abspath(args.out)}")
     return written
-
-
-def read_prompts(inline: list[str], prompts_file: str | None) -> list[str]:
-    prompts = list(inline)
-    if prompts_file:
-        if not os.path.isfile(prompts_file):
-            sys.exit(f"error: prompts file {prompts_file!r} does not exist")
-        with open(prompts_file, encoding="utf-8") as handle:
-            prompts += [line.strip() for line in handle if line.strip() and not line.startswith("#")]
-    if not prompts:
-        sys.exit('error: give at least one --prompt "..." or a --prompts file')
-    return prompts
 
 
 def slug(text: str, length: int = 48) -> str:

@@ -7,12 +7,13 @@ MagicID needs five things from a video diffusion backbone, and every backbone sp
                                                                    DDPM (CogVideoX): x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε
     target     y   = target(x_0, ε, t)                             flow: v = ε − x_0;  v-pred: √ᾱ_t·ε − √(1 − ᾱ_t)·x_0
     prediction ŷ   = f_θ(x_t, t, c)                                the transformer, with or without LoRA adapters
-    sampling   video = decode(ODE/SDE solve from noise, c)         the stock diffusers pipeline
+    error      e   = mean ‖y − ŷ‖² per video                        denoising_error: every stage's objective
+    sampling   video = decode(ODE/SDE solve from noise, c)         the stock pipeline (fast mode: fast_sampling.py)
 
 `VideoModel` hides those quirks (latent scaling, layouts, timestep conventions, objectives) so that
-dpo.py, sampling.py and train.py never ask which backbone runs. It also owns the LoRA adapters:
-the trainable one ("default"), a frozen copy that plays the DPO reference, and `adapter(...)` to run
-the network with any one of them (or none) active without copying a single weight.
+dpo.py, sampling.py and train.py never ask which backbone runs. It also owns the LoRA adapters
+(lora.py): the trainable one ("default"), a frozen copy that plays the DPO reference, and `adapter(...)`
+to run the network with any one of them (or none) active without copying a single weight.
 
 Backbones: Wan2.1-T2V 1.3B (default) and 14B, CogVideoX 2B/5B, and two offline presets built from
 tiny configs of the same classes: "tiny" (Wan) and "tiny-cogvideox" (see tiny.py).
@@ -22,15 +23,15 @@ Exports: VideoModel, ModelLoadError, MODEL_PRESETS.
 
 from __future__ import annotations
 
-import contextlib
+import argparse
 import os
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 import tiny
+from lora import LORA_FILE, LORA_TARGETS, LoraAdapters, ModelLoadError  # noqa: F401  (re-exported)
 
 # Hub ids of the published checkpoints, by the short names the CLI accepts.
 MODEL_PRESETS = {
@@ -39,20 +40,6 @@ MODEL_PRESETS = {
     "cogvideox-2b": "THUDM/CogVideoX-2b",
     "cogvideox-5b": "THUDM/CogVideoX-5b",
 }
-LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
-# Which linear layers a LoRA adapts (peft matches module names by suffix; both Wan's and CogVideoX's blocks
-# name them so). Attention alone is the usual recipe for a pretrained video model; the toy world's tiny base,
-# which has never seen a face, learns one only when its feed-forward layers adapt too (toyworld/README.md).
-LORA_TARGETS = {
-    "attention": ("to_q", "to_k", "to_v", "to_out.0"),
-    "attention+ffn": ("to_q", "to_k", "to_v", "to_out.0", "net.0.proj", "net.2"),
-}
-
-
-class ModelLoadError(RuntimeError):
-    """A model or LoRA could not be loaded; the message says what to do."""
-
-
 @dataclass(frozen=True)
 class VideoDefaults:
     """What a backbone was trained to produce; generate.py and train.py start from these."""
@@ -74,7 +61,7 @@ DEFAULTS = {
 }
 
 
-class VideoModel:
+class VideoModel(LoraAdapters):
     """A text-to-video pipeline seen through the five operations above, plus LoRA adapters."""
 
     def __init__(self, pipe, family: str, defaults: VideoDefaults, name: str):
@@ -89,9 +76,7 @@ class VideoModel:
             self.objective = "v"
         elif self.objective == "epsilon":
             self.objective = "eps"
-        self._trainable_adapters: set[str] = set()
-        self._tuner_layers: list = []  # peft's LoRA layers, found when an adapter is added
-        self._lora_params: list = []   # (name, parameter) of every adapter
+        self._init_adapters()
         self._rotary_cache: dict = {}
         for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
             module.requires_grad_(False)
@@ -216,6 +201,18 @@ class VideoModel:
         alpha_bar = _per_sample(self._alphas_cumprod(t), x0)
         return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
 
+    def denoising_error(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """e = mean ‖target(x0, ε, t) − f_θ(x_t, t, c)‖² per sample: x0, noise [B, C, F, H, W], t [B] -> e [B] (fp32).
+
+        The training objective of every stage, written once: the identity stage minimizes it, Diffusion-DPO
+        compares it between policy and reference (dpo.py), the SFT term adds it on winners. A bf16 model
+        runs under autocast, so fp32 LoRA weights meet bf16 activations; the error itself is fp32.
+        """
+        x_t = self.add_noise(x0, noise, t)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+            pred = self.predict(x_t, t, text_emb)                                  # [B, C, F, H, W]
+        return (pred.float() - self.target(x0, noise, t)).pow(2).flatten(1).mean(1)
+
     def _alphas_cumprod(self, t: torch.Tensor) -> torch.Tensor:
         alphas_cumprod = self.pipe.scheduler.alphas_cumprod.to(t.device, torch.float32)
         return alphas_cumprod[t.long()]
@@ -248,33 +245,51 @@ class VideoModel:
     @torch.no_grad()
     def sample(self, prompts: list[str], frames: int | None = None, height: int | None = None,
                width: int | None = None, steps: int | None = None, guidance: float | None = None,
-               seed: int | list[int] = 0, negative_prompt: str = "", progress: bool = False):
-        """Generate one video per prompt with the stock pipeline and the active adapters.
+               seed: int | list[int] = 0, negative_prompt: str = "", cfg_interval: int = 1, progress: bool = False):
+        """Generate one video per prompt with the active adapters.
 
         `seed` is one int (video i uses seed + i) or one seed per prompt; the same seed gives the
-        same video on the same device. Returns (videos uint8 [B, F, H, W, 3], latents [B, C, f, h, w]).
+        same video on the same device. cfg_interval = 1 runs the stock diffusers pipeline (exact);
+        k > 1 is fast_sampling.py's lossy fast mode (the unconditional branch every k-th step;
+        flow-matching backbones only). Returns (videos uint8 [B, F, H, W, 3], latents [B, C, f, h, w] on the CPU).
         """
         d = self.defaults
         frames, height, width = frames or d.frames, height or d.height, width or d.width
+        steps, guidance = steps or d.steps, d.guidance if guidance is None else guidance
         _check_video_shape((len(prompts), frames, height, width, 3), self.family)
-        seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
-        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        text_emb = self.encode_prompt(prompts)
-        negative_emb = self.encode_prompt([negative_prompt] * len(prompts))
-        # Draw the initial noise on the CPU so a seed means the same video on every device.
-        latent_shape = self.latent_shape(frames, height, width)
-        noise = torch.stack([torch.randn(latent_shape, generator=g) for g in generators])  # [B, C, f, h, w]
+        noise = self.initial_noise(seed, len(prompts), frames, height, width)  # [B, C, f, h, w]
+        text_emb = self.encode_prompt(prompts)                                  # [B, L, D]
+        if cfg_interval > 1:
+            import fast_sampling
+
+            latents = fast_sampling.sample_latents(self, text_emb, self.encode_prompt([negative_prompt]), noise,
+                                                   steps, guidance, cfg_interval)
+        else:
+            latents = self._pipeline_latents(text_emb, self.encode_prompt([negative_prompt] * len(prompts)), noise,
+                                             frames, height, width, steps, guidance, progress)
+        return self.decode(latents), latents.cpu()
+
+    def initial_noise(self, seed: int | list[int], count: int, frames: int, height: int, width: int) -> torch.Tensor:
+        """ε for `count` videos: [B, C, f, h, w], one CPU generator per seed, so a seed means the same video on
+        every device and whatever the batch it is drawn in."""
+        seeds = [seed + i for i in range(count)] if isinstance(seed, int) else list(seed)
+        if len(seeds) != count:
+            raise ValueError(f"got {len(seeds)} seeds for {count} prompts")
+        shape = self.latent_shape(frames, height, width)
+        return torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
+
+    def _pipeline_latents(self, text_emb, negative_emb, noise, frames, height, width, steps, guidance, progress):
+        """The stock diffusers pipeline from `noise` [B, C, f, h, w] to clean latents [B, C, f, h, w] (fp32)."""
         if self.family == "cogvideox":
             noise = noise.permute(0, 2, 1, 3, 4)  # the pipeline's own layout [B, f, C, h, w]
         self.pipe.set_progress_bar_config(disable=not progress)
         latents = self.pipe(
             prompt_embeds=text_emb, negative_prompt_embeds=negative_emb, num_frames=frames, height=height,
-            width=width, num_inference_steps=steps or d.steps, guidance_scale=d.guidance if guidance is None else guidance,
+            width=width, num_inference_steps=steps, guidance_scale=guidance,
             latents=noise.to(self.device, torch.float32), output_type="latent", return_dict=False)[0]
         if self.family == "cogvideox":
             latents = latents.permute(0, 2, 1, 3, 4)
-        latents = latents.float()
-        return self.decode(latents), latents.cpu()
+        return latents.float()
 
     def check_video_size(self, frames: int | None, height: int | None, width: int | None) -> None:
         """Raise ValueError unless the VAE can take this size (None: the model's default)."""
@@ -285,97 +300,6 @@ class VideoModel:
         channels = self.transformer.config.in_channels
         spatial, temporal = self.pipe.vae_scale_factor_spatial, self.pipe.vae_scale_factor_temporal
         return channels, (frames - 1) // temporal + 1, height // spatial, width // spatial
-
-    # ------------------------------------------------------------------ LoRA adapters
-
-    def add_lora(self, rank: int, targets: str = "attention", name: str = "default", trainable: bool = True,
-                 alpha: float | None = None) -> None:
-        """Attach a fresh LoRA (B = 0, so the output is unchanged) to the layers of LORA_TARGETS[targets]."""
-        from peft import LoraConfig
-
-        config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(LORA_TARGETS[targets]),
-                            init_lora_weights=True)
-        with _several_adapters_expected():
-            self.transformer.add_adapter(config, adapter_name=name)
-        self._register_adapter(name, trainable)
-
-    def load_lora(self, lora_dir: str, name: str = "default", trainable: bool = False) -> None:
-        """Load a LoRA saved by `save_lora` (or any diffusers LoRA for this backbone) as adapter `name`."""
-        path = os.path.join(lora_dir, LORA_FILE)
-        if not os.path.isfile(path):
-            raise ModelLoadError(f"no LoRA at {lora_dir!r}: expected the file {LORA_FILE} there "
-                                 "(a folder written by train.py or save_lora).")
-        try:
-            with _several_adapters_expected():
-                self.pipe.load_lora_weights(lora_dir, adapter_name=name)
-        except (ValueError, KeyError, RuntimeError) as error:
-            raise ModelLoadError(f"the LoRA in {lora_dir!r} does not fit model {self.name!r}: {error}") from error
-        self._register_adapter(name, trainable)
-
-    def save_lora(self, lora_dir: str, name: str = "default") -> None:
-        """Write adapter `name` in the diffusers format that a stock pipeline's load_lora_weights reads."""
-        from peft.utils import get_peft_model_state_dict
-
-        state = get_peft_model_state_dict(self.transformer, adapter_name=name)
-        state = {key: value.detach().float().cpu().contiguous() for key, value in state.items()}
-        metadata = self.transformer.peft_config[name].to_dict()
-        type(self.pipe).save_lora_weights(lora_dir, transformer_lora_layers=state,
-                                          transformer_lora_adapter_metadata=metadata, safe_serialization=True)
-
-    def lora_parameters(self, name: str = "default") -> list[torch.nn.Parameter]:
-        """The parameters of adapter `name`, in a fixed order (optimizers and checkpoints rely on it)."""
-        tag = f".{name}."
-        return [p for key, p in self.transformer.named_parameters() if "lora_" in key and tag in key]
-
-    @contextlib.contextmanager
-    def adapter(self, name: str | None):
-        """Run with only adapter `name` active (None: the base model, every adapter off).
-
-        This is how DPO gets its frozen reference without a second network: the same weights,
-        another adapter switched on. Which parameters require grad never changes here.
-        """
-        previous = self._active_adapters()
-        self._activate(name)
-        try:
-            yield
-        finally:
-            self._activate(previous)
-
-    def set_adapter(self, name: str | None) -> None:
-        """Make adapter `name` (or none) the one every later call uses."""
-        self._activate(name)
-
-    def _register_adapter(self, name: str, trainable: bool) -> None:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        if trainable:
-            self._trainable_adapters.add(name)
-            for p in self.lora_parameters(name):  # LoRA weights train in fp32 whatever the backbone's dtype
-                p.data = p.data.float()
-        else:
-            self._trainable_adapters.discard(name)
-        # Found once here, not at every switch: walking the whole module tree twice per DPO step cost
-        # ~50 ms of host time on the published 1.3B model (bench/NOTES.md).
-        self._tuner_layers = [m for m in self.transformer.modules() if isinstance(m, BaseTunerLayer)]
-        self._lora_params = [(key, p) for key, p in self.transformer.named_parameters() if "lora_" in key]
-        self._activate(name)
-
-    def _active_adapters(self):
-        if not self._tuner_layers or self._tuner_layers[0].disable_adapters:
-            return None
-        return self._tuner_layers[0].active_adapters[0]
-
-    def _activate(self, name: str | None) -> None:
-        for module in self._tuner_layers:
-            if name is None:
-                module.enable_adapters(False)
-            else:
-                module.enable_adapters(True)
-                module.set_adapter(name)
-        # peft ties requires_grad to "active"; we tie it to "trainable" instead, so switching to the
-        # reference adapter for a no-grad forward does not silently change what the optimizer trains.
-        for key, p in self._lora_params:
-            p.requires_grad_(any(f".{n}." in key for n in self._trainable_adapters))
 
     # ------------------------------------------------------------------ speed switches (opt-in)
 
@@ -402,14 +326,6 @@ class VideoModel:
             blocks = getattr(self.transformer, "blocks", None) or self.transformer.transformer_blocks
             for block in blocks:
                 block.compile()
-
-
-@contextlib.contextmanager
-def _several_adapters_expected():
-    """peft warns whenever a second adapter joins a model; holding several is this class's design."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-        yield
 
 
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -456,10 +372,20 @@ def _load_diffusers_pipeline(name_or_path: str, dtype: torch.dtype, vae_dtype: t
 
 # ---------------------------------------------------------------------- the CLI's model flags, shared by every script
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Every script's --help: its module docstring as written, and each flag's default unless the help
+    already names it (or there is none to name)."""
+
+    def _get_help_string(self, action):
+        nothing = action.default is None or action.default is False or action.default == [] \
+            or action.default == argparse.SUPPRESS
+        if "default" in (action.help or "") or nothing:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_model_args(parser) -> None:
     """--model/--device/--bf16/--compile/--attention-backend, the same in train.py, generate.py and evaluate.py."""
-    import argparse
-
     group = parser.add_argument_group("model")
     group.add_argument("--model", default="wan-1.3b",
                        help=f"preset ({', '.join(sorted(MODEL_PRESETS))}, tiny, tiny-cogvideox), hub id or local "

@@ -12,7 +12,7 @@ Measured on a 2-core CPU: the Wan VAE below encodes 9 frames of 128×128 in abou
 them in about 0.3 s; the ~1.75 M-parameter transformer's forward+backward on that latent is a few
 hundredths of a second. The training loop still caches latents and keeps the VAE off the hot path.
 
-Exports: TINY_PRESETS, build_tiny_pipeline(name).
+Exports: TINY_PRESETS, build_tiny_pipeline(name), byte_tokenizer, load_pretrained_weights.
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ def build_tiny_pipeline(name: str = "tiny", seed: int = 0, pretrained: bool = Tr
     if name not in TINY_PRESETS:
         raise ValueError(f"unknown tiny preset {name!r}; choose one of {TINY_PRESETS}")
     tokenizer = byte_tokenizer()
-    pipe = _build_tiny_wan(tokenizer, seed) if name == "tiny" else _build_tiny_cogvideox(tokenizer, seed)
+    # The seeded initialisation draws from the global RNG; fork it, so that loading a model never moves
+    # the caller's random stream.
+    with torch.random.fork_rng(devices=[]):
+        pipe = _build_tiny_wan(tokenizer, seed) if name == "tiny" else _build_tiny_cogvideox(tokenizer, seed)
     if pretrained:
         load_pretrained_weights(pipe, os.path.join(TINY_WEIGHTS_DIR, name))
     return pipe

@@ -52,8 +52,8 @@ def main():
     parser.add_argument("--budget-s", type=float, default=560, help="wall seconds; later rows are skipped past it")
     parser.add_argument("--attention-backend", default=None,
                         help="diffusers attention kernel for every row (default: PyTorch SDPA's choice)")
-    parser.add_argument("--rows", default="eager,compiled,long,fp32",
-                        help="row groups to run: eager, compiled (+ selective checkpointing), long, fp32, syncs, "
+    parser.add_argument("--rows", default="eager,compiled,long",
+                        help="row groups to run: eager, compiled (+ selective checkpointing), long, syncs, "
                              "budget (compiler-chosen recomputation)")
     parser.add_argument("--profile", action="store_true", help="print where the GPU time of the best step goes")
     parser.add_argument("--out", default=None, help="also append the table to this file")
@@ -74,17 +74,16 @@ def main():
 
     rows, state = [], {}
 
-    def measure(label, frames, compiled, backend, autocast, checkpoint_blocks, estimate_s, step_fn=None):
+    def measure(label, frames, compiled, backend, checkpoint_blocks, estimate_s):
         """One row: `repeats` timed steps after warm-up (the first step compiles); OOM is a result too."""
         try:
-            return measure_row(label, frames, compiled, backend, autocast, checkpoint_blocks, estimate_s,
-                               step_fn or dpo.preference_step)
+            return measure_row(label, frames, compiled, backend, checkpoint_blocks, estimate_s)
         except Exception as error:  # one broken lever must not cost the rest of the table
             traceback.print_exc()
             rows.append([label, frames, f"error: {type(error).__name__}", "", "", "", "", ""])
             return None
 
-    def measure_row(label, frames, compiled, backend, autocast, checkpoint_blocks, estimate_s, step_fn):
+    def measure_row(label, frames, compiled, backend, checkpoint_blocks, estimate_s):
         if not deadline.allows(estimate_s):
             rows.append([label, frames, "skipped: out of time", "", "", "", "", ""])
             return None
@@ -93,11 +92,10 @@ def main():
         model.enable_speedups(gradient_checkpointing=True, checkpoint_blocks=checkpoint_blocks)
         batch = make_batch(model, frames, args, device)
         generator = torch.Generator().manual_seed(0)
-        dtype = torch.bfloat16 if autocast else None
 
-        def step():
+        def step():  # a bf16 model runs its forwards under autocast (model.denoising_error)
             optimizer.zero_grad(set_to_none=True)
-            loss, _ = step_fn(model, batch, generator=generator, autocast_dtype=dtype)
+            loss, _ = dpo.preference_step(model, batch, generator=generator)
             loss.backward()
             optimizer.step()
             state["loss"] = loss.detach()
@@ -133,77 +131,47 @@ def main():
           f"{P.dpo_step_flops(model, S, args.pairs, args.rank) / 1e12:.0f} TFLOP", flush=True)
     f, A, groups = args.frames, args.attention_backend, set(args.rows.split(","))
     if "eager" in groups:
-        measure("eager, fp32 LoRA, all blocks checkpointed", f, False, A, False, None, 30)
-        measure("+ bf16 autocast (LoRA matmuls in bf16)", f, False, A, True, None, 30)
+        measure("eager, bf16 autocast, all blocks checkpointed", f, False, A, None, 30)
     full = fewer = best = None
     part = n_blocks * 2 // 3
     if groups & {"compiled", "long"}:
-        full = measure("+ compiled blocks", f, True, A, True, None, 150)
-        fewer = measure(f"+ checkpoint {part}/{n_blocks} blocks", f, True, A, True, part, 30)
+        full = measure("+ compiled blocks", f, True, A, None, 150)
+        fewer = measure(f"+ checkpoint {part}/{n_blocks} blocks", f, True, A, part, 30)
     if "syncs" in groups:
         k = args.checkpoint_blocks
-        measure(f"compiled, autocast, checkpoint {k}/{n_blocks}: dpo.preference_step", f, True, A, True, k, 150)
-        measure("  same math, metrics left on the GPU (no .item() per step)", f, True, A, True, k, 30,
-                step_fn=preference_step_without_syncs)
+        measure(f"compiled, autocast, checkpoint {k}/{n_blocks}: dpo.preference_step", f, True, A, k, 150)
         time_adapter_switch(model)
     if "budget" in groups:  # let the compiler pick what to recompute inside each block, no block checkpointing
         functorch_config.activation_memory_budget = args.activation_budget
         torch._dynamo.reset()
         measure(f"compiled, autocast, no block checkpointing, activation_memory_budget={args.activation_budget:g}",
-                f, True, A, True, 0, 150)
+                f, True, A, 0, 150)
         functorch_config.activation_memory_budget = 1.0
         torch._dynamo.reset()
     if "compiled" in groups and full and fewer:
         k = n_blocks - fit_free_blocks(full[1], fewer[1], n_blocks - part, args.memory_gib, n_blocks)
         best = k
         if k not in (part, n_blocks):
-            measure(f"+ checkpoint {k}/{n_blocks} blocks (fits {args.memory_gib:g} GiB)", f, True, A, True, k, 30)
+            measure(f"+ checkpoint {k}/{n_blocks} blocks (fits {args.memory_gib:g} GiB)", f, True, A, k, 30)
         if k > 0:
-            measure("no checkpointing (memory reference)", f, True, A, True, 0, 30)
+            measure("no checkpointing (memory reference)", f, True, A, 0, 30)
     if args.profile and device == "cuda" and best is not None and deadline.allows(60):
         model.enable_speedups(gradient_checkpointing=True, checkpoint_blocks=best)
         profile_step(model, optimizer, make_batch(model, f, args, device), f"{f} frames, {best}/{n_blocks} checkpointed")
     if "long" in groups and args.long_frames:
         L = args.long_frames
-        long_full = measure("compiled, bf16 autocast, all checkpointed", L, True, A, True, None, 150)
+        long_full = measure("compiled, bf16 autocast, all checkpointed", L, True, A, None, 150)
         if long_full and full and fewer:
             per_block = (fewer[1] - full[1]) / (n_blocks - part) * P.tokens(L, args.height, args.width) / S
             free = fit_free_blocks(long_full[1], long_full[1] + per_block, 1, args.memory_gib, n_blocks)
             if free:
                 measure(f"+ checkpoint {n_blocks - free}/{n_blocks} blocks (fits {args.memory_gib:g} GiB)", L, True,
-                        A, True, n_blocks - free, 60)
-    if "fp32" in groups:
-        measure("compiled, fp32 LoRA, all checkpointed (no autocast)", f, True, A, False, None, 150)
+                        A, n_blocks - free, 60)
     P.print_table(f"DPO step, one call of dpo.preference_step + backward + AdamW; {args.pairs} pair(s) = batch "
                   f"{2 * args.pairs}, LoRA r={args.rank}; useful MFU vs {ceiling:.0f} TFLOP/s",
                   ["variant", "frames", "s/step", "TFLOP/s", "MFU", "peak GiB", "ckpt", "1st step s"], rows, args.out)
     if best is not None:
         print(f"selective checkpointing: {best}/{n_blocks} blocks keep the peak under {args.memory_gib:g} GiB")
-
-
-def preference_step_without_syncs(model, batch, generator=None, autocast_dtype=None):
-    """dpo.preference_step's math (same draws, same loss) with the metrics kept as device tensors, so the
-    host never waits for the GPU inside a step. Measures what dropping the per-step .item() calls buys."""
-    import torch.nn.functional as F
-
-    latents_w, latents_l = batch["latents_w"], batch["latents_l"]
-    B = latents_w.shape[0]
-    x0 = torch.cat([latents_w, latents_l]).to(model.device, torch.float32)
-    text_emb = batch["text_emb"].to(model.device).repeat(2, 1, 1)
-    t = model.sample_timesteps(B, generator).repeat(2)
-    noise = torch.randn(latents_w.shape, generator=generator).to(model.device).repeat(2, 1, 1, 1, 1)
-    x_t, target = model.add_noise(x0, noise, t), model.target(x0, noise, t)
-    with torch.autocast(model.device.type, autocast_dtype, enabled=autocast_dtype is not None):
-        with model.adapter("default"):
-            pred = model.predict(x_t, t, text_emb)
-        with torch.no_grad(), model.adapter("reference"):
-            ref_pred = model.predict(x_t, t, text_emb)
-    error = lambda p: (p.float() - target).pow(2).flatten(1).mean(1)  # noqa: E731
-    e_w, e_l = error(pred).chunk(2)
-    r_w, r_l = error(ref_pred).chunk(2)
-    margin = -dpo.BETA / 2 * ((e_w - r_w) - (e_l - r_l))
-    loss = -F.logsigmoid(margin).mean()
-    return loss, {"reward_margin": margin.detach()}
 
 
 def time_adapter_switch(model, repeats: int = 20) -> None:
@@ -221,8 +189,7 @@ def profile_step(model, optimizer, batch, title: str) -> None:
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = dpo.preference_step(model, batch, generator=torch.Generator().manual_seed(0),
-                                      autocast_dtype=torch.bfloat16)
+        loss, _ = dpo.preference_step(model, batch, generator=torch.Generator().manual_seed(0))
         loss.backward()
         optimizer.step()
 

@@ -1,4 +1,4 @@
-"""Scaling of a MagicID round from 1 to N GPUs, through the code train.py runs (parallel.py, checkpoint.Run).
+"""Scaling of a MagicID round from 1 to N GPUs, through the code train.py runs (parallel.py, run.Run, train.optimize).
 
 Launch once per process count, on the same machine, and compare the tables:
 
@@ -9,7 +9,7 @@ Launch once per process count, on the same machine, and compare the tables:
 Two measurements, Wan2.1-1.3B at its published config with random weights, bf16:
   * repository generation: --videos videos (one job each) split by parallel.shard, each process
     sampling its share with fast_sampling and decoding it; wall time until every process is done.
-  * DPO training: checkpoint.Run.train with a global batch of --pairs pairs (items split over the
+  * DPO training: train.optimize with a global batch of --pairs pairs (items split over the
     processes, LoRA gradients summed), --steps steps after one warm-up step; s/step, and the loss of
     every step written to <out>.losses.N.json so the curves of 1 and N processes can be compared.
 Scaling efficiency = t(1 GPU) / (N · t(N GPUs)). --small runs a 2-block model on CPUs (gloo) in seconds.
@@ -30,9 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fast_sampling  # noqa: E402
 import parallel  # noqa: E402
-from checkpoint import Run  # noqa: E402
+from run import Run  # noqa: E402
 from dpo import preference_step  # noqa: E402
 from published import build_published, environment, print_table  # noqa: E402
+from train import optimize  # noqa: E402
 
 
 def main():
@@ -89,8 +90,7 @@ def main():
     def item_loss(step, item):
         winner, loser = pairs[item]
         batch = {"latents_w": winner[None], "latents_l": loser[None], "text_emb": text_emb}
-        return preference_step(model, batch, autocast_dtype=torch.bfloat16 if on_gpu else None,
-                               generator=torch.Generator().manual_seed(run.step_seed("dpo", step, item)))
+        return preference_step(model, batch, generator=torch.Generator().manual_seed(run.step_seed("dpo", step, item)))
 
     def timed_item_loss(step, item):
         if item == rank and (not step_times or step_times[-1][0] != step):
@@ -99,7 +99,8 @@ def main():
             step_times.append((step, time.perf_counter()))
         return item_loss(step, item)
 
-    run.train("dpo", model, args.steps + 1, args.pairs, 1e-5, 1, 10**9, timed_item_loss)
+    loop = argparse.Namespace(batch_size=args.pairs, warmup=1, checkpoint_every=10**9)  # train.optimize's settings
+    optimize(run, "dpo", model, args.steps + 1, 1e-5, loop, timed_item_loss)
     if on_gpu:
         torch.cuda.synchronize()
     step_s = (time.perf_counter() - step_times[1][1]) / args.steps  # from the 2nd step's start: warm-up excluded

@@ -92,8 +92,7 @@ def main():
 
     def dpo_steps():
         for step in range(args.dpo_steps):
-            loss, _ = preference_step(model, batch, autocast_dtype=model.dtype if device == "cuda" else None,
-                                      generator=torch.Generator().manual_seed(step))
+            loss, _ = preference_step(model, batch, generator=torch.Generator().manual_seed(step))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

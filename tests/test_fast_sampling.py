@@ -1,4 +1,5 @@
-"""fast_sampling.py: the lossless mode is the stock pipeline's sampler; the fast-mode flags change it."""
+"""fast_sampling.py: the lossless mode is the stock pipeline's sampler; the fast-mode flags change it;
+model.sample(cfg_interval=k) is the one entry point to both."""
 
 import numpy as np
 import pytest
@@ -15,19 +16,32 @@ def wan():
     return VideoModel.from_pretrained("tiny")
 
 
+def fast_latents(model, prompts, seeds, cfg_interval=1):
+    """fast_sampling's loop from the noise model.sample draws for these seeds."""
+    noise = model.initial_noise(seeds, len(prompts), SIZE["frames"], SIZE["height"], SIZE["width"])
+    return fast_sampling.sample_latents(model, model.encode_prompt(prompts), model.encode_prompt([""]), noise,
+                                        SIZE["steps"], SIZE["guidance"], cfg_interval)
+
+
 def test_lossless_mode_returns_the_stock_pipelines_latents(wan):
     prompts = ["a person walking", "a dog running"]
     stock_videos, stock = wan.sample(prompts, seed=[3, 7], **SIZE)
-    fast_videos, fast = fast_sampling.sample(wan, prompts, seed=[3, 7], **SIZE)
+    fast = fast_latents(wan, prompts, [3, 7])
     assert fast.shape == stock.shape == (2, 16, 3, 8, 8)
     # fp32 on the CPU: only the batching of the CFG branches differs, so rounding is all that may.
     torch.testing.assert_close(fast, stock, rtol=1e-4, atol=1e-4)
-    assert np.abs(fast_videos.astype(int) - stock_videos.astype(int)).max() <= 1
+    assert np.abs(wan.decode(fast).astype(int) - stock_videos.astype(int)).max() <= 1
+
+
+def test_model_sample_with_cfg_interval_runs_the_fast_loop(wan):
+    videos, latents = wan.sample(["a person walking"], seed=[3], cfg_interval=2, **SIZE)
+    torch.testing.assert_close(latents, fast_latents(wan, ["a person walking"], [3], cfg_interval=2))
+    assert videos.shape == (1, 9, 64, 64, 3) and videos.dtype == np.uint8
 
 
 def test_a_video_does_not_depend_on_the_others_in_its_batch(wan):
-    _, alone = fast_sampling.sample(wan, ["a person walking"], seed=[5], **SIZE)
-    _, batched = fast_sampling.sample(wan, ["a dog running", "a person walking"], seed=[4, 5], **SIZE)
+    alone = fast_latents(wan, ["a person walking"], [5])
+    batched = fast_latents(wan, ["a dog running", "a person walking"], [4, 5])
     torch.testing.assert_close(batched[1:], alone, rtol=1e-4, atol=1e-4)
 
 
@@ -58,4 +72,4 @@ def test_rejects_a_backbone_it_does_not_sample():
     cog = VideoModel.from_pretrained("tiny-cogvideox")
     assert not fast_sampling.supports(cog)
     with pytest.raises(ValueError, match="model.sample"):
-        fast_sampling.sample(cog, ["a"], frames=9, height=64, width=64, steps=2)
+        cog.sample(["a"], frames=9, height=64, width=64, steps=2, cfg_interval=2)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sampling import (crop_around_face, Repository, pareto_frontier, select_dynamic_pairs,
+from run import Repository
+from sampling import (crop_around_face, pareto_frontier, select_dynamic_pairs,
                       select_identity_pairs, static_video, summary)
 
 FRESH_SEEDS = list(range(40)) + [int.from_bytes(os.urandom(4), "little")]   # fixed ones plus one new each run

@@ -25,7 +25,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import fast_sampling  # noqa: E402
 from evaluate import bootstrap_ci  # noqa: E402
 from model import VideoModel  # noqa: E402
 from faces import load_references, make_face_encoder  # noqa: E402
@@ -68,8 +67,8 @@ def main(argv=None) -> str:
         for name, flags in variants(config["sample_steps"]).items():
             start = time.perf_counter()
             with model.adapter(lora):
-                videos, _ = fast_sampling.sample(model, all_prompts, frames=config["frames"], height=config["height"],
-                                                 width=config["width"], seed=seeds, **flags)
+                videos, _ = model.sample(all_prompts, frames=config["frames"], height=config["height"],
+                                         width=config["width"], seed=seeds, **flags)
             seconds = (time.perf_counter() - start) / len(videos)
             rows = score_videos(videos, all_prompts, refs, encoder, fps=model.defaults.fps, progress=False)
             rewards = {r: np.array([row[r] for row in rows]) for r in REWARDS}

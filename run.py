@@ -1,0 +1,299 @@
+"""run.py — a run folder that survives being killed at any moment: checkpoints, logs, the video repository.
+
+A training run (train.py) is a sequence of stages (identity, dpo_identity_round0, ...), each a loop of
+optimizer steps (train.optimize). Nothing random is carried between steps: a step draws its batch,
+timestep and noise from `step_seed(stage, step)`, a pure function of its position. So a checkpoint needs
+no RNG state, and a resumed run repeats exactly the steps an uninterrupted one would take (bitwise on a CPU).
+
+On disk (all safetensors or JSON: nothing is unpickled):
+    <run>/state.json                       finished stages and the latest checkpoint of each stage
+    <run>/checkpoints/<stage>/step-NNNNNN/ lora.safetensors, optimizer.safetensors, meta.json
+    <run>/repository/                      every generated or static video: latents, rewards (Repository)
+    <run>/<name>_lora/                     finished LoRAs in diffusers format (identity, magicid)
+    <run>/log.jsonl                        every logged metric, one JSON object per line
+Every file is written under a temporary name, fsynced and moved into place (atomic_write, os.replace),
+and state.json is replaced last: a kill leaves the previous consistent state.
+
+Exports: Run, Repository, atomic_write, replacing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save as safetensors_bytes, save_file
+
+import parallel
+from sampling import SOURCES
+
+
+class Run:
+    """The run folder: where a stage starts (restore), what it leaves (save_checkpoint, finish, log)."""
+
+    def __init__(self, out: str, config: dict, resume: bool):
+        self.check_out(out, resume)
+        self.dir = Path(out)
+        state_file = self.dir / "state.json"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state = json.loads(state_file.read_text()) if state_file.exists() else {"done": [], "latest": {}}
+        if resume and not state_file.exists():
+            print(f"nothing to resume in {self.dir} yet: starting the run from the beginning")
+        parallel.barrier()  # every process has read the state before the main one writes anything
+        self.seed = int(config["seed"])
+        self.main = parallel.is_main()  # only the main process writes; the others compute and wait
+        self.write_json("config.json", config)
+
+    @staticmethod
+    def check_out(out: str, resume: bool) -> None:
+        """Raise ValueError if `out` cannot take this run (call it before loading anything slow)."""
+        if (Path(out) / "state.json").exists() and not resume:
+            raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+
+    # ------------------------------------------------------------------ what a stage needs
+
+    def is_done(self, stage: str) -> bool:
+        return stage in self.state["done"]
+
+    def step_seed(self, stage: str, step: int, item: int = -1) -> int:
+        """The seed of one step's (or one batch item's) random draws: a pure function of its position."""
+        return (self.seed * 1_000_003 + zlib.crc32(stage.encode()) * 10_007 + step * 1_009 + item + 1) % 2**63
+
+    # ------------------------------------------------------------------ outputs
+
+    def save_stage_lora(self, model, name: str) -> None:
+        if not self.main:
+            parallel.barrier()
+            return
+        final = self.dir / f"{name}_lora"
+        partial = self.dir / f".{name}_lora.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        model.save_lora(str(partial), name="default")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        parallel.barrier()
+
+    def log(self, stage: str, step: int, metrics: dict) -> None:
+        if not self.main:
+            return
+        with open(self.dir / "log.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"stage": stage, "step": step, **metrics}) + "\n")
+
+    def read_log(self) -> list[dict]:
+        """The log with repeats removed: after a resume, the last record of each (stage, step) wins."""
+        path = self.dir / "log.jsonl"
+        records = {}
+        for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+            records[(record["stage"], record["step"])] = record
+        return list(records.values())
+
+    def write_json(self, name: str, obj) -> None:
+        if not self.main:
+            return
+        atomic_write(self.dir / name, json.dumps(obj, indent=1, default=float))
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, stage: str, step: int, params, optimizer) -> None:
+        """The LoRA and AdamW moments after `step` optimizer steps of `stage` (call it after optimizer.step)."""
+        if not self.main:  # every process holds the same weights and moments after the step
+            return
+        folder = self.dir / "checkpoints" / stage / f"step-{step:06d}"
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        save_file({f"p{i}": p.detach().cpu().contiguous() for i, p in enumerate(params)}, partial / "lora.safetensors")
+        moments = {}
+        for i, p in enumerate(params):
+            for key, value in optimizer.state.get(p, {}).items():  # AdamW: step, exp_avg, exp_avg_sq
+                moments[f"p{i}.{key}"] = value.detach().cpu().contiguous()
+        save_file(moments, partial / "optimizer.safetensors")
+        (partial / "meta.json").write_text(json.dumps({"stage": stage, "step": step}))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(partial, folder)
+        previous = self.state["latest"].get(stage)
+        self.state["latest"][stage] = str(folder.relative_to(self.dir))
+        self._write_state()
+        if previous and previous != self.state["latest"][stage]:
+            shutil.rmtree(self.dir / previous, ignore_errors=True)
+
+    def restore(self, stage: str, params, optimizer) -> int:
+        """Load the stage's latest checkpoint into params and optimizer; return the step to continue from."""
+        latest = self.state["latest"].get(stage)
+        if latest is None:
+            return 0
+        folder = self.dir / latest
+        weights = load_file(folder / "lora.safetensors")
+        moments = load_file(folder / "optimizer.safetensors")
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                p.copy_(weights[f"p{i}"])
+                state = {key.split(".", 1)[1]: value.to(p.device) for key, value in moments.items()
+                         if key.split(".", 1)[0] == f"p{i}"}
+                if state:
+                    optimizer.state[p] = state
+        return json.loads((folder / "meta.json").read_text())["step"]
+
+    def finish(self, stage: str) -> None:
+        """Mark `stage` done: a resumed run skips it."""
+        if stage not in self.state["done"]:
+            self.state["done"].append(stage)
+            if self.main:
+                self._write_state()
+
+    def _write_state(self) -> None:
+        atomic_write(self.dir / "state.json", json.dumps(self.state, indent=1))
+
+
+class Repository:
+    """Scored videos on disk, one file each, that survive a crash mid-write.
+
+    <root>/videos/<id>.safetensors   tensors: "latents" [C, f, h, w] (fp32 or bf16) and optionally
+                                     "preview" uint8 [k, H, W, 3] (k evenly spaced frames);
+                                     metadata "magicid": JSON {prompt, source, seed, rewards}
+    <root>/index.json                a cache of every entry's metadata, checked against the files
+                                     when opened and rebuilt from them when missing, unreadable or
+                                     stale.
+    Each file is written under a temporary name, fsynced and moved into place with os.replace
+    (atomic on POSIX): a crash leaves the old file or the new one, never half of one. A video is
+    identified by (prompt, source, seed), so a repeated run asks has() and skips it. Only
+    safetensors and JSON are read: nothing is unpickled. One writer at a time.
+    """
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.video_dir = self.root / "videos"
+        self.video_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.video_dir.glob(".*.tmp*"):  # a write interrupted by a crash
+            leftover.unlink()
+        self._index = self._scan()                       # {id: {"mtime_ns", "prompt", ...}}
+        self._write_index()
+
+    def add(self, latents, prompt, source, rewards, seed, video=None, preview_frames=4):
+        """Store one scored video; returns its id. Adding the same (prompt, source, seed) replaces it.
+
+        latents: [C, f, h, w]; rewards: JSON-able dict with at least r_id and r_dyn (also r_sem or
+        None, face_hit_rate, backend); video: optional uint8 [F, H, W, 3] to keep a preview of.
+        """
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+        if latents.ndim != 4:
+            raise ValueError(f"latents must be one video [C, f, h, w], got shape {tuple(latents.shape)}")
+        missing = {"r_id", "r_dyn"} - set(rewards)
+        if missing:
+            raise ValueError(f"rewards lack {sorted(missing)}: score the video before adding it")
+        video_id = self.video_id(prompt, source, seed)
+        tensors = {"latents": latents.detach().cpu().contiguous()}
+        if video is not None:
+            keep = np.linspace(0, len(video) - 1, min(preview_frames, len(video))).round().astype(int)
+            tensors["preview"] = torch.from_numpy(np.ascontiguousarray(np.asarray(video)[keep]))
+        meta = {"prompt": prompt, "source": source, "seed": int(seed), "rewards": rewards}
+        meta = json.loads(json.dumps(meta, default=float))   # numpy scalars -> plain floats
+        path = self._path(video_id)
+        atomic_write(path, safetensors_bytes(tensors, metadata={"magicid": json.dumps(meta)}))
+        self._index[video_id] = {"mtime_ns": path.stat().st_mtime_ns, **meta}
+        self._write_index()
+        return video_id
+
+    def has(self, prompt, source, seed):
+        return self.video_id(prompt, source, seed) in self._index
+
+    def entries(self):
+        """Every video's metadata, sorted by id: [{"id", "prompt", "source", "seed", "rewards"}]."""
+        return [{"id": k, **{f: v[f] for f in ("prompt", "source", "seed", "rewards")}}
+                for k, v in sorted(self._index.items())]
+
+    def latents(self, video_id):
+        """latents: [C, f, h, w] as stored."""
+        with safe_open(self._path(video_id), framework="pt") as f:
+            return f.get_tensor("latents")
+
+    def preview(self, video_id):
+        """preview: uint8 numpy [k, H, W, 3], or None when the video was added without one."""
+        with safe_open(self._path(video_id), framework="pt") as f:
+            return f.get_tensor("preview").numpy() if "preview" in f.keys() else None
+
+    def table(self):
+        """The columns pair selection reads, aligned with entries(): ids, prompt, source, r_id, r_dyn, r_sem."""
+        es = self.entries()
+        rewards = [e["rewards"] for e in es]
+        return {
+            "id": [e["id"] for e in es],
+            "prompt": np.array([e["prompt"] for e in es], dtype=object),
+            "source": np.array([e["source"] for e in es], dtype=object),
+            "r_id": np.array([r["r_id"] for r in rewards], dtype=float),
+            "r_dyn": np.array([r["r_dyn"] for r in rewards], dtype=float),
+            "r_sem": np.array([np.nan if r.get("r_sem") is None else r["r_sem"] for r in rewards], dtype=float),
+        }
+
+    @staticmethod
+    def video_id(prompt, source, seed):
+        """A readable, stable id: <source>-<seed>-<12 hex of sha1(prompt)>."""
+        return f"{source}-{int(seed)}-{hashlib.sha1(prompt.encode()).hexdigest()[:12]}"
+
+    def _path(self, video_id):
+        return self.video_dir / f"{video_id}.safetensors"
+
+    def _scan(self):
+        """index.json brought in line with the files: new or changed files re-read, gone ones dropped."""
+        try:
+            cached = json.loads((self.root / "index.json").read_text())
+        except (OSError, ValueError):
+            cached = None                                 # missing or corrupt: rebuild from the files
+        cached = cached if isinstance(cached, dict) else {}
+        index = {}
+        for path in sorted(self.video_dir.glob("[!.]*.safetensors")):  # not a hidden temporary file
+            video_id, mtime = path.name.removesuffix(".safetensors"), path.stat().st_mtime_ns
+            hit = cached.get(video_id)
+            if isinstance(hit, dict) and hit.get("mtime_ns") == mtime:
+                index[video_id] = hit
+                continue
+            try:                                          # new, or replaced after the index was written
+                with safe_open(path, framework="pt") as f:
+                    index[video_id] = {"mtime_ns": mtime, **json.loads(f.metadata()["magicid"])}
+            except Exception as err:                      # damaged outside our atomic writes
+                warnings.warn(f"repository: skipping unreadable {path} ({err}); it will be regenerated")
+        return index
+
+    def _write_index(self):
+        atomic_write(self.root / "index.json", json.dumps(self._index, indent=1, sort_keys=True).encode())
+
+
+# ---------------------------------------------------------------------- atomic files
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write `data` to `path` whole or not at all: a temporary file, fsynced, then os.replace (atomic on POSIX)."""
+    with replacing(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def replacing(path):
+    """Yield a temporary path beside `path` for any writer; it replaces `path` only when the block succeeds.
+
+    The temporary name is hidden (leading dot) and keeps the suffix, since writers like imageio pick the
+    format from it: .<stem>.<pid>.tmp<suffix>.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
