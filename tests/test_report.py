@@ -1,7 +1,8 @@
 """report.py and media.contact_sheet: the run report says everything the run measured, readably.
 
 The report is rendered from a small run folder of the shape train.py leaves: evaluation rows as
-evaluate.evaluate returns them (summarised by evaluate.summarize), a real run.Repository, a
+evaluate.evaluate makes them (evaluate.score_video of small static videos of the astronaut, scored
+against her photo with dlib; evaluate.summarize), a real run.Repository, a
 pairs_round0.json from the real selection rules, contact sheets from media.contact_sheet and a log
 as Run.log writes it. No model runs: these tests are about the page, not the method.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import skimage.data
 import torch
 from PIL import Image
 
@@ -26,12 +28,14 @@ import evaluate  # noqa: E402
 import media  # noqa: E402
 import report  # noqa: E402
 import sampling  # noqa: E402
+from faces import load_references, make_face_encoder  # noqa: E402
 from run import Repository  # noqa: E402
 
 BACKEND = "dlib (test)"
 VARIANTS = ["base", "identity stage", "MagicID"]
 PROMPTS = ["a sks person surfing a big wave", "a sks person riding a horse at dusk"]
 DPO_STEPS = 40
+ASTRONAUT = skimage.data.astronaut()  # uint8 [512, 512, 3]
 
 
 @pytest.fixture(scope="module")
@@ -39,21 +43,18 @@ def run(tmp_path_factory):
     """A run folder with everything write_report reads; returns (run_dir, results, repo, log, page)."""
     rng = np.random.default_rng(0)
     run_dir = tmp_path_factory.mktemp("run")
+    Image.fromarray(ASTRONAUT).save(run_dir / "astronaut.png")
+    encoder = make_face_encoder("dlib")
+    refs = load_references([run_dir / "astronaut.png"], encoder)
     rows, sheets = [], {}
     for v, variant in enumerate(VARIANTS):
-        for p, prompt in enumerate(PROMPTS):
-            for s in range(2):
-                per_frame = rng.uniform(0.5, 0.9, 9)                 # [S] one r_id per sampled frame
-                row = {"variant": variant, "prompt": prompt, "seed": 10_000 + 100 * p + s,
-                       **{m: None if m in evaluate.CLIP_METRICS else float(rng.uniform(0, 1))
-                          for m in evaluate.METRICS},
-                       "id_per_frame": per_frame.tolist(), "id_frame_positions": np.linspace(0, 1, 9).tolist(),
-                       "id_backend": BACKEND}
-                row["r_id"] = float(per_frame.mean())
-                rows.append(row)
-        video = np.full((9, 32, 48, 3), 60 + 60 * v, np.uint8)           # [F, H, W, 3]
-        sheets[variant] = str(run_dir / "eval" / f"{v}_p0_s0.png")
-        media.write_png(sheets[variant], media.contact_sheet(video))
+        for p, prompt in enumerate(PROMPTS):  # rows as evaluate.evaluate makes them: real scores of a video
+            video = sampling.static_video(ASTRONAUT[40:220, 130:310], 9, 96, 96, jitter=0.2, rng=rng)  # [F, H, W, 3]
+            rows.append({"variant": variant, "prompt": prompt, "seed": 10_000 + 100 * p,
+                         **evaluate.score_video(video, prompt, refs, encoder, 16.0)})
+            if p == 0:
+                sheets[variant] = str(run_dir / "eval" / f"{v}_p0_s0.png")
+                media.write_png(sheets[variant], media.contact_sheet(video))
     results = {"rows": rows, "summary": evaluate.summarize(rows, VARIANTS), "sheets": sheets}
 
     repo = Repository(run_dir / "repository")
