@@ -1,11 +1,20 @@
 """evaluate.py — the paper's comparison: base model vs identity-stage LoRA vs MagicID LoRA, on held-out prompts.
 
-For each model variant v, held-out prompt c and seed s, generate a video and score it (rewards.py):
-    face similarity r_id (ArcFace or dlib cosine to the mean reference embedding; the backend is named
-    in every table), face-hit rate, dynamic reward r_dyn (px at a 256-px short side), VBench dynamic
-    degree (0/1 per video, so its mean is the fraction of dynamic videos), temporal consistency (mean
-    cosine between consecutive frames' CLIP image embeddings) and CLIP-T (mean CLIP text–frame cosine)
-    when a local CLIP is given, otherwise "not available" and why.
+For each model variant v, held-out prompt c and seed s, generate a video and score it with the columns
+of the paper's Table 1 that can be computed offline (rewards.py):
+    Face Sim.   r_id, ArcFace or dlib cosine to the mean reference embedding (the backend is named in
+                every table), with the face-hit rate beside it;
+    Dyna. Deg.  r_dyn, top-5 % optical-flow magnitude in px at a 256-px short side: a flow magnitude
+                like the paper's column, whose scale and flow model the paper does not give, so compare
+                models by ratio; and VBench's dynamic degree (0/1 per video, its mean the fraction of
+                dynamic videos) as its own column;
+    T. Cons.    mean cosine between consecutive frames' CLIP image embeddings;
+    CLIP-T      mean CLIP text–frame cosine (8 sampled frames);
+    CLIP-I      mean CLIP image cosine between every frame and every reference photo;
+    r_sem       the prompt judge's reward (--judge clip:DIR | vlm:DIR), named in the table;
+    FVD         not computed: it needs I3D weights, which no pip package ships.
+The CLIP metrics use --clip DIR, or the judge's CLIP when the judge is one; without a CLIP they read
+"not available" and why (a VLM judge gives r_sem, not CLIP-T: the paper's CLIP-T is a CLIP score).
 Each metric is reported as mean ± 95 % percentile-bootstrap interval over the n = prompts × seeds videos:
     CI = percentiles 2.5 / 97.5 of { mean(n scores drawn with replacement) } over 2000 resamples.
 (With n below ~10 the percentile interval is too narrow: it cannot see spread it has not sampled.)
@@ -14,7 +23,8 @@ seeds, with its bootstrap CI) shows whether identity fades as the video goes on:
 it does for the baseline, not for MagicID; pass --frames longer than training to look for it.
 
     python evaluate.py --model tiny --ref photo.jpg --lora-baseline runs/x/identity_lora \\
-                   --lora-magicid runs/x/magicid_lora --seeds 3 --out runs/x/eval_table
+                   --lora-magicid runs/x/magicid_lora --seeds 3 --out runs/x/eval_table \\
+                   --judge vlm:checkpoints/SmolVLM-256M-Instruct --clip checkpoints/clip-vit-base-patch32
 
 Outputs in --out: table.md, table.csv (mean, CI per model and metric), rows.csv (every video's numbers),
 id_curve.csv and id_curve.png (the ID curve), rewards.png (r_id and r_dyn with CIs), videos/ (per-video
@@ -25,8 +35,9 @@ that person's. For several identities, loop, one run folder each:
     for who in alice bob; do python evaluate.py --ref photos/$who --lora-baseline runs/$who/identity_lora \\
         --lora-magicid runs/$who/magicid_lora --out runs/$who/eval_table; done
 
-Exports: evaluate (used by train.py's report), score_video, temporal_consistency, bootstrap_ci, summarize,
-markdown_table, id_curve_figure, rewards_figure, write_outputs, main.
+Exports: evaluate (used by train.py's report), score_video, temporal_consistency, clip_image_similarity,
+reference_clip_embeddings, bootstrap_ci, summarize, markdown_table, id_curve_figure, rewards_figure,
+write_outputs, main.
 """
 
 from __future__ import annotations
@@ -43,17 +54,25 @@ import numpy as np
 from tqdm import tqdm
 
 import media
+from faces import read_photo
 from rewards import dynamic_reward, identity_reward, prompt_reward
 
-METRICS = ("r_id", "face_hit_rate", "r_dyn", "dynamic_degree", "temporal_consistency", "clip_t")
-CLIP_METRICS = ("temporal_consistency", "clip_t")
-NO_CLIP = "not available (no local CLIP checkpoint: pass --clip DIR)"
+COLUMNS = {"r_id": "Face Sim. ↑", "face_hit_rate": "face hit rate", "r_dyn": "Dyna. Deg. ↑ (r_dyn, px)",
+           "dynamic_degree": "VBench dynamic ↑", "temporal_consistency": "T. Cons. ↑", "clip_t": "CLIP-T ↑",
+           "clip_i": "CLIP-I ↑", "r_sem": "r_sem ↑"}   # metric -> its column, named as in the paper's Table 1
+METRICS = tuple(COLUMNS)
+CLIP_METRICS = ("temporal_consistency", "clip_t", "clip_i")
+NO_CLIP = "not available (no local CLIP checkpoint: pass --clip DIR or --judge clip:DIR)"
+NO_JUDGE = "off (no prompt judge: pass --judge clip:DIR or vlm:DIR)"
+FVD = "not computed (no offline I3D weights)"
 SEED_STRIDE = 100  # video seed = seed + SEED_STRIDE·prompt + s: more --seeds keeps the first ones' videos
 
 
 def evaluate(model, variants: dict, prompts: list[str], seeds: int, refs, encoder, video: dict,
-             cache_dir: Path, seed: int = 10_000, clip=None, setup=None, id_frames: int = 16) -> dict:
-    """Generate and score prompts × seeds videos per variant ({name: adapter name or None}).
+             cache_dir: Path, seed: int = 10_000, clip=None, setup=None, id_frames: int = 16,
+             judge=None) -> dict:
+    """Generate and score prompts × seeds videos per variant ({name: adapter name or None}); clip: the
+    CLIP for T. Cons., CLIP-T and CLIP-I, judge: the prompt judge for r_sem (rewards.load_judge), each optional.
 
     Each video's scores are cached as JSON in cache_dir with everything that made them (model, adapter,
     prompt, seed, video size, encoders, `setup`: e.g. the LoRA files' hashes); a cached score is reused
@@ -65,7 +84,9 @@ def evaluate(model, variants: dict, prompts: list[str], seeds: int, refs, encode
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     settings = {"model": model.name, "video": video, "id_encoder": encoder.describe(), "references": refs.paths,
-                "id_frames": id_frames, "clip": clip.name if clip else None, "setup": setup}
+                "id_frames": id_frames, "clip": clip.name if clip else None, "setup": setup,
+                "judge": judge.name if judge else None}
+    ref_clip = reference_clip_embeddings(refs.paths, clip)   # [N, D], or None without CLIP
     rows, sheets = [], {}
     jobs = [(name, adapter, p, s) for name, adapter in variants.items()
             for p in range(len(prompts)) for s in range(seeds)]
@@ -78,7 +99,8 @@ def evaluate(model, variants: dict, prompts: list[str], seeds: int, refs, encode
             with model.adapter(adapter):
                 videos, _ = model.sample([prompts[p]], seed=[video_seed], **video)
             row = {"variant": name, "prompt": prompts[p], "seed": video_seed,
-                   **score_video(videos[0], prompts[p], refs, encoder, model.defaults.fps, clip, id_frames)}
+                   **score_video(videos[0], prompts[p], refs, encoder, model.defaults.fps, clip, id_frames,
+                                 judge, ref_clip)}
             if s == 0:
                 media.write_png(str(stem.with_suffix(".png")), media.contact_sheet(videos[0]))
             partial = stem.with_suffix(".json.partial")  # written whole or not at all: a kill here is resumable
@@ -91,14 +113,17 @@ def evaluate(model, variants: dict, prompts: list[str], seeds: int, refs, encode
 
 
 def score_video(video: np.ndarray, prompt: str, refs, encoder, fps: float, clip=None,
-                id_frames: int = 16) -> dict:
-    """Every metric of one video uint8 [F, H, W, 3]; the CLIP ones are None without a CLIP."""
+                id_frames: int = 16, judge=None, ref_clip=None) -> dict:
+    """Every metric of one video uint8 [F, H, W, 3]. The CLIP ones are None without a CLIP (CLIP-I also
+    without ref_clip, reference_clip_embeddings'), r_sem is None without a judge; which ran is in the row."""
     ident = identity_reward(video, refs, encoder, num_frames=id_frames)
     dyn = dynamic_reward(video, fps)
-    sem = prompt_reward(video, prompt, clip)
+    sem = prompt_reward(video, prompt, judge)
     return {"r_id": ident.reward, "face_hit_rate": ident.face_hit_rate, "r_dyn": dyn.reward,
             "dynamic_degree": float(dyn.is_dynamic), "temporal_consistency": temporal_consistency(video, clip),
-            "clip_t": sem.reward, "id_per_frame": ident.per_frame.tolist(),
+            "clip_t": prompt_reward(video, prompt, clip).reward, "clip_i": clip_image_similarity(video, ref_clip, clip),
+            "r_sem": sem.reward, "r_sem_judge": sem.reason, "clip_model": clip.name if clip else NO_CLIP,
+            "id_per_frame": ident.per_frame.tolist(),
             "id_frame_positions": (ident.frames / max(1, len(video) - 1)).tolist(), "id_backend": ident.backend}
 
 
@@ -106,14 +131,22 @@ def temporal_consistency(video: np.ndarray, clip=None) -> float | None:
     """Mean cosine between CLIP image embeddings of consecutive frames (VBench-style); None without CLIP."""
     if clip is None:
         return None
-    import torch
-
-    pixels = clip.processor(images=list(video), return_tensors="pt")["pixel_values"].to(clip.device)
-    with torch.no_grad():  # CLIP's image embedding: the pooled vision output through the projection
-        pooled = clip.model.vision_model(pixel_values=pixels).pooler_output
-        emb = clip.model.visual_projection(pooled).double()                # [F, D]
-    emb = torch.nn.functional.normalize(emb, dim=-1)
+    emb = _clip_image_embeddings(list(video), clip)   # [F, D] unit
     return float((emb[1:] * emb[:-1]).sum(-1).mean())
+
+
+def clip_image_similarity(video: np.ndarray, ref_clip: np.ndarray | None, clip=None) -> float | None:
+    """CLIP-I: mean cosine between the CLIP image embeddings of every frame and every reference photo,
+    ref_clip [N, D] unit (reference_clip_embeddings); None without CLIP."""
+    if clip is None or ref_clip is None:
+        return None
+    return float((_clip_image_embeddings(list(video), clip) @ ref_clip.T).mean())   # [F, N] -> mean
+
+
+def reference_clip_embeddings(paths: list[str], clip=None) -> np.ndarray | None:
+    """The reference photos, whole (as the paper's CLIP-I compares frames to the reference images), as CLIP
+    image embeddings [N, D] unit float64; None without CLIP."""
+    return None if clip is None else _clip_image_embeddings([read_photo(Path(p)) for p in paths], clip)
 
 
 def bootstrap_ci(values, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -138,6 +171,8 @@ def summarize(rows: list[dict], variants: list[str]) -> dict:
         out[name] = {m: (None if any(r[m] is None for r in mine) else bootstrap_ci([r[m] for r in mine]))
                      for m in METRICS}
         out[name]["n"] = len(mine)
+        out[name]["r_sem_judge"] = mine[0]["r_sem_judge"] if mine else NO_JUDGE   # one judge and CLIP a run
+        out[name]["clip_model"] = mine[0]["clip_model"] if mine else NO_CLIP
         per_frame = np.array([r["id_per_frame"] for r in mine], float)   # [n, S] (one length: same F per run)
         bands = [bootstrap_ci(column) for column in per_frame.T] if mine else []  # S × (mean, low, high)
         out[name]["id_curve"] = {"position": mine[0]["id_frame_positions"] if mine else [],
@@ -146,17 +181,26 @@ def summarize(rows: list[dict], variants: list[str]) -> dict:
 
 
 def markdown_table(summary: dict, backend: str) -> str:
-    """The comparison table: one row per model, "mean [low, high]" per metric."""
-    lines = [f"ID encoder: {backend}. Mean [95 % bootstrap CI] over prompts × seeds (n videos per model).", "",
-             "| model | n | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
+    """The paper's Table 1 where computable: one row per model, "mean [low, high]" per metric."""
+    first = next(iter(summary.values()), {"r_sem_judge": NO_JUDGE, "clip_model": NO_CLIP})
+    judge = NO_JUDGE if first["r_sem_judge"].startswith("off") else first["r_sem_judge"]
+    lines = [f"ID encoder: {backend}. Prompt judge (r_sem): {judge}. CLIP: {first['clip_model']}.",
+             "Mean [95 % bootstrap CI] over prompts × seeds (n videos per model).", "",
+             "| model | n | " + " | ".join(COLUMNS.values()) + " | FVD ↓ |", "|---" * (len(METRICS) + 3) + "|"]
     for name, metrics in summary.items():
-        cells = ["not available ¹" if metrics[m] is None else "{:.3f} [{:.3f}, {:.3f}]".format(*metrics[m])
-                 for m in METRICS]
-        lines.append(f"| {name} | {metrics['n']} | " + " | ".join(cells) + " |")
-    lines += ["", "r_id: cosine to the mean reference face (0 where no face); r_dyn: flow px at a 256-px short "
-              "side; dynamic_degree: fraction of videos VBench calls dynamic."]
+        cells = [("off ²" if m == "r_sem" else "not available ¹") if metrics[m] is None
+                 else "{:.3f} [{:.3f}, {:.3f}]".format(*metrics[m]) for m in METRICS]
+        lines.append(f"| {name} | {metrics['n']} | " + " | ".join(cells) + " | not computed ³ |")
+    lines += ["", "Face Sim.: r_id, cosine to the mean reference face (0 where no face). Dyna. Deg.: r_dyn, "
+              "top-5 % flow magnitude in px at a 256-px short side; the paper's column (MagicID 14.42) is a flow "
+              "magnitude at a scale it does not give: compare models by ratio. VBench dynamic: fraction of videos "
+              "VBench calls dynamic. T. Cons., CLIP-T, CLIP-I: CLIP cosines (consecutive frames; prompt and 8 "
+              "frames; every frame and every reference photo); the paper prints CLIP-T and CLIP-I as 100 × cosine."]
     if any(metrics[m] is None for metrics in summary.values() for m in CLIP_METRICS):
-        lines.append(f"¹ {NO_CLIP}: temporal_consistency and clip_t are measured with CLIP.")
+        lines.append(f"¹ {NO_CLIP}: T. Cons., CLIP-T and CLIP-I are measured with CLIP.")
+    if any(metrics["r_sem"] is None for metrics in summary.values()):
+        lines.append(f"² prompt reward {NO_JUDGE}.")
+    lines.append(f"³ FVD {FVD}.")
     if any(metrics["n"] < 10 for metrics in summary.values()):
         lines.append("Fewer than 10 videos per model: the bootstrap intervals are optimistic; add --seeds.")
     return "\n".join(lines) + "\n"
@@ -200,16 +244,17 @@ def write_outputs(results: dict, out: Path, backend: str) -> None:
     (out / "table.md").write_text(markdown_table(summary, backend))
     with open(out / "table.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["model", "n", "id_backend"]
-                        + [f"{m}_{k}" for m in METRICS for k in ("mean", "ci_low", "ci_high")])
+        writer.writerow(["model", "n", "id_backend", "r_sem_judge", "clip_model"]
+                        + [f"{m}_{k}" for m in METRICS for k in ("mean", "ci_low", "ci_high")] + ["fvd"])
         for name, metrics in summary.items():
-            cells = [NO_CLIP if metrics[m] is None else repr(v) for m in METRICS for v in (metrics[m] or (0, 0, 0))]
-            writer.writerow([name, metrics["n"], backend, *cells])
+            cells = [_why_missing(m) if metrics[m] is None else repr(v)
+                     for m in METRICS for v in (metrics[m] or (0, 0, 0))]
+            writer.writerow([name, metrics["n"], backend, metrics["r_sem_judge"], metrics["clip_model"], *cells, FVD])
     with open(out / "rows.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["variant", "prompt", "seed", *METRICS, "id_backend"],
-                                extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=["variant", "prompt", "seed", *METRICS, "id_backend",
+                                                    "r_sem_judge", "clip_model"], extrasaction="ignore")
         writer.writeheader()
-        writer.writerows({**row, **{m: NO_CLIP for m in METRICS if row[m] is None}} for row in results["rows"])
+        writer.writerows({**row, **{m: _why_missing(m) for m in METRICS if row[m] is None}} for row in results["rows"])
     with open(out / "id_curve.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["model", "position", "r_id_mean", "ci_low", "ci_high"])
@@ -226,7 +271,8 @@ def write_outputs(results: dict, out: Path, backend: str) -> None:
 def main(argv=None) -> Path:
     from model import ModelLoadError, add_model_args, load_model_from_args
     from faces import ReferencePhotoError, load_references, make_face_encoder
-    from rewards import load_clip
+    import parallel
+    from rewards import ClipScorer, load_clip, load_judge
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
@@ -249,7 +295,12 @@ def main(argv=None) -> Path:
                         help="face encoder for r_id (auto: insightface ArcFace when its model pack is on disk)")
     parser.add_argument("--id-model-root", default=None, help="insightface model pack folder")
     parser.add_argument("--clip", default=None,
-                        help="local CLIP checkpoint folder (enables CLIP-T and temporal consistency)")
+                        help="local CLIP checkpoint folder for T. Cons., CLIP-T and CLIP-I (default: the --judge's "
+                             "CLIP when it is one; otherwise these columns are not available)")
+    parser.add_argument("--judge", default=None,
+                        help="prompt judge for the r_sem column: clip:DIR (CLIP text-frame cosine) or vlm:DIR (a "
+                             "local image-text-to-text VLM asked whether the frames show the prompt: P(yes)); "
+                             "default: off")
     parser.add_argument("--out", default=None, help="output folder (default: eval_table next to --lora-magicid)")
     args = parser.parse_args(argv)
 
@@ -261,7 +312,9 @@ def main(argv=None) -> Path:
             raise ValueError(f"--seeds must be 1..{SEED_STRIDE}, got {args.seeds}")
         encoder = make_face_encoder(args.id_backend, args.id_model_root)
         refs = load_references(args.ref, encoder)
-        clip = load_clip(args.clip) if args.clip else None
+        device = args.device or str(parallel.device())
+        judge = load_judge(args.judge, device) if args.judge else None
+        clip = load_clip(args.clip, device) if args.clip else judge if isinstance(judge, ClipScorer) else None
         model = load_model_from_args(args)
         model.check_video_size(args.frames, args.height, args.width)
         for name, file in loras.items():
@@ -273,7 +326,7 @@ def main(argv=None) -> Path:
     out = Path(args.out) if args.out else Path(args.lora_magicid).resolve().parent / "eval_table"
     setup = {name: hashlib.sha256(file.read_bytes()).hexdigest() for name, file in loras.items()}
     results = evaluate(model, variants, prompts, args.seeds, refs, encoder, video, out / "videos", seed=args.seed,
-                       clip=clip, setup=setup, id_frames=args.id_frames)
+                       clip=clip, setup=setup, id_frames=args.id_frames, judge=judge)
     write_outputs(results, out, encoder.describe())
     print(markdown_table(results["summary"], encoder.describe()))
     print(f"outputs: {out}")
@@ -281,6 +334,21 @@ def main(argv=None) -> Path:
 
 
 # ---- helpers, in the order the entry points above use them -------------------------------------
+
+def _clip_image_embeddings(images: list, clip) -> np.ndarray:
+    """uint8 [H, W, 3] images -> CLIP image embeddings [n, D], unit rows, float64."""
+    import torch
+
+    pixels = clip.processor(images=images, return_tensors="pt")["pixel_values"].to(clip.device)
+    with torch.no_grad():  # CLIP's image embedding: the pooled vision output through the projection
+        pooled = clip.model.vision_model(pixel_values=pixels).pooler_output
+        emb = clip.model.visual_projection(pooled).double()                # [n, D]
+    return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+
+
+def _why_missing(metric: str) -> str:
+    return NO_JUDGE if metric == "r_sem" else NO_CLIP
+
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text.lower())

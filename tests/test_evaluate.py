@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 import evaluate as E  # noqa: E402
 from model import VideoModel  # noqa: E402
 from faces import load_references, make_face_encoder  # noqa: E402
-from rewards import dynamic_reward, identity_reward, load_clip  # noqa: E402
+from rewards import dynamic_reward, identity_reward, load_clip, load_judge, prompt_reward  # noqa: E402
 
 PHOTO = REPO / "examples" / "astronaut.jpg"
 SIZE = dict(frames=5, height=64, width=64, steps=2)
@@ -101,6 +101,11 @@ def test_every_output_is_written_and_names_the_backend(two_seeds):
     assert table.startswith("ID encoder: dlib")
     assert all(f"| {name} | 4 |" in table for name in VARIANTS)  # 2 prompts × 2 seeds
     assert "not available" in table and "--clip" in table  # the CLIP columns, and why
+    assert "Prompt judge (r_sem): off" in table and "| off ² |" in table      # the prompt reward, and why
+    assert "FVD ↓ |" in table and "FVD not computed (no offline I3D weights)" in table
+    for column in ("Face Sim. ↑", "Dyna. Deg. ↑ (r_dyn, px)", "VBench dynamic ↑", "T. Cons. ↑", "CLIP-T ↑",
+                   "CLIP-I ↑"):
+        assert f"| {column} |" in table                                       # the paper's Table 1, named as there
     assert len(read_csv(two_seeds / "rows.csv")) == 3 * 4
 
 
@@ -238,14 +243,50 @@ def test_temporal_consistency_is_the_mean_cosine_of_consecutive_clip_embeddings(
     assert E.temporal_consistency(video, None) is None
 
 
+def test_clip_i_is_the_mean_cosine_of_every_frame_to_every_reference_photo(tiny_clip):
+    clip = load_clip(tiny_clip)
+    video = np.stack([cv2.resize(image, (96, 96)) for image in (skimage.data.coffee(), skimage.data.chelsea())])
+    photo = cv2.cvtColor(cv2.imread(str(PHOTO)), cv2.COLOR_BGR2RGB)
+    with torch.no_grad():
+        emb = clip.model.get_image_features(**clip.processor(images=[*video, photo], return_tensors="pt"))
+    emb = emb.pooler_output.double().numpy()                                   # [3, D]: two frames, the photo
+    cos = [a @ emb[2] / np.linalg.norm(a) / np.linalg.norm(emb[2]) for a in emb[:2]]
+    refs = E.reference_clip_embeddings([str(PHOTO)], clip)
+    assert E.clip_image_similarity(video, refs, clip) == pytest.approx(np.mean(cos), abs=1e-6)
+    two_photos = E.reference_clip_embeddings([str(PHOTO), str(PHOTO)], clip)  # the mean over photos too
+    assert E.clip_image_similarity(video, two_photos, clip) == pytest.approx(np.mean(cos), abs=1e-6)
+    assert E.clip_image_similarity(video, None, None) is None
+
+
 def test_with_a_local_clip_the_clip_columns_are_numbers(loras, tiny_clip, tmp_path):
     out = E.main(["--ref", str(PHOTO), "--lora-baseline", str(loras["baseline"]), "--lora-magicid",
                   str(loras["magicid"]), "--prompts", str(loras["prompts"]), "--seeds", "1", "--clip",
                   str(tiny_clip), "--out", str(tmp_path), *QUICK])
     table = (out / "table.md").read_text()
-    assert "not available" not in table
+    assert "not available" not in table and f"CLIP: CLIP {tiny_clip.name}." in table
     for row in read_csv(out / "rows.csv"):
-        assert -1 <= float(row["temporal_consistency"]) <= 1 and -1 <= float(row["clip_t"]) <= 1
+        for metric in ("temporal_consistency", "clip_t", "clip_i"):
+            assert -1 <= float(row[metric]) <= 1, metric
+        assert row["r_sem"].startswith("off")                                 # --clip is a metric, not a judge
+
+
+def test_a_vlm_judge_gives_r_sem_and_is_named_in_the_table(loras, tiny_vlm, tiny_clip, tmp_path):
+    out = run_eval(loras, tmp_path, 1, "--judge", f"vlm:{tiny_vlm}", "--clip", str(tiny_clip))
+    table, rows = (out / "table.md").read_text(), read_csv(out / "rows.csv")
+    judge = load_judge(f"vlm:{tiny_vlm}")
+    assert f"Prompt judge (r_sem): {judge.name}." in table and "off ²" not in table
+    model = VideoModel.from_pretrained("tiny")
+    row = next(r for r in rows if r["variant"] == "base")
+    video = model.sample([row["prompt"]], seed=int(row["seed"]), **SIZE)[0][0]  # [F, H, W, 3]
+    assert float(row["r_sem"]) == pytest.approx(prompt_reward(video, row["prompt"], judge).reward, abs=1e-6)
+    assert all(0 <= float(r["r_sem"]) <= 1 and r["r_sem_judge"] == judge.name for r in rows)
+
+
+def test_a_clip_judge_also_serves_the_clip_columns(loras, tiny_clip, tmp_path):
+    out = run_eval(loras, tmp_path, 1, "--judge", f"clip:{tiny_clip}")
+    assert "not available" not in (out / "table.md").read_text()
+    for row in read_csv(out / "rows.csv"):   # the same CLIP on the same 8 frames: r_sem is CLIP-T
+        assert row["r_sem"] == row["clip_t"] and row["r_sem_judge"] == row["clip_model"] == f"CLIP {tiny_clip.name}"
 
 
 # ---- bad inputs: one clear line ---------------------------------------------------------------------------
