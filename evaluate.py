@@ -271,6 +271,7 @@ def write_outputs(results: dict, out: Path, backend: str) -> None:
 def main(argv=None) -> Path:
     from model import ModelLoadError, add_model_args, load_model_from_args
     from faces import ReferencePhotoError, load_references, make_face_encoder
+    from prompt_files import person_phrase, read_prompts
     import parallel
     from rewards import ClipScorer, load_clip, load_judge
 
@@ -307,7 +308,7 @@ def main(argv=None) -> Path:
     try:
         loras = {"baseline": _lora_file("--lora-baseline", args.lora_baseline),
                  "magicid": _lora_file("--lora-magicid", args.lora_magicid)}
-        prompts = _read_prompts(Path(args.prompts), args.token)
+        prompts = read_prompts(args.prompts, person_phrase(args.token))
         if not 1 <= args.seeds <= SEED_STRIDE:
             raise ValueError(f"--seeds must be 1..{SEED_STRIDE}, got {args.seeds}")
         encoder = make_face_encoder(args.id_backend, args.id_model_root)
@@ -381,18 +382,6 @@ def _lora_file(flag: str, folder: str) -> Path:
         raise FileNotFoundError(f"{flag} folder {folder!r} holds no LoRA ({LORA_FILE}): pass a folder that "
                                 f"train.py or VideoModel.save_lora wrote")
     return path / LORA_FILE
-
-
-def _read_prompts(path: Path, token: str) -> list[str]:
-    """Held-out prompts, one a line; blank lines and # comments skipped; {person} -> 'a <token> person'."""
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file {str(path)!r} does not exist: give a text file with one prompt "
-                                f"a line, e.g. '{{person}} surfing a big wave'")
-    prompts = [line.strip().replace("{person}", f"a {token} person") for line in path.read_text().splitlines()
-               if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise ValueError(f"prompts file {str(path)!r} holds no prompts: write one prompt a line")
-    return prompts
 
 
 if __name__ == "__main__":
