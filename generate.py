@@ -63,6 +63,7 @@ def main(argv=None) -> list[str]:
         model.check_video_size(args.frames, args.height, args.width)
     except ValueError as error:
         sys.exit(f"error: {error}")
+    model.cache_prompts(prompts + [args.negative_prompt])  # low memory: one visit of the text encoder to the GPU
     written = []
     jobs = [(p, args.seed + k * len(prompts) + i) for k in range(args.videos_per_prompt) for i, p in enumerate(prompts)]
     for prompt, seed in tqdm(jobs, desc="generating", unit="video"):

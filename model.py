@@ -40,6 +40,11 @@ MODEL_PRESETS = {
     "cogvideox-2b": "THUDM/CogVideoX-2b",
     "cogvideox-5b": "THUDM/CogVideoX-5b",
 }
+# GPUs with less memory take the low-memory path by default (VideoModel.enable_low_memory). The default path of
+# a Wan2.1-1.3B run at 81x480x832 peaks near 30 GiB (bench/NOTES.md, "Dress rehearsal"), the low-memory one under 24.
+LOW_MEMORY_BELOW_GIB = 40
+
+
 @dataclass(frozen=True)
 class VideoDefaults:
     """What a backbone was trained to produce; generate.py and train.py start from these."""
@@ -78,6 +83,8 @@ class VideoModel(LoraAdapters):
             self.objective = "eps"
         self._init_adapters()
         self._rotary_cache: dict = {}
+        self.low_memory = False                          # enable_low_memory
+        self._prompt_cache: dict[str, torch.Tensor] = {}  # text -> [L, D], low-memory mode only
         for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
             module.requires_grad_(False)
             module.eval()
@@ -86,11 +93,12 @@ class VideoModel(LoraAdapters):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu",
-                        vae_dtype: torch.dtype | None = None) -> "VideoModel":
+                        vae_dtype: torch.dtype | None = None, low_memory: bool = False) -> "VideoModel":
         """Load a backbone by preset name ("wan-1.3b", "tiny", ...), hub id, or local diffusers folder.
 
         Only safetensors weights are read and no remote code runs. The VAE stays in `vae_dtype`
         (default float32: Wan's VAE loses detail in bf16) while the transformer and text encoder use `dtype`.
+        low_memory: see enable_low_memory; the text encoder then never moves to `device` here.
         """
         if name_or_path in tiny.TINY_PRESETS:
             pipe = tiny.build_tiny_pipeline(name_or_path)
@@ -101,13 +109,34 @@ class VideoModel(LoraAdapters):
                                              vae_dtype or torch.float32)
             family = _family_of(pipe)
             defaults = DEFAULTS[family]
-        pipe.to(device)
+        if low_memory:  # the text encoder stays on the CPU (enable_low_memory)
+            pipe.transformer.to(device)
+            pipe.vae.to(device)
+        else:
+            pipe.to(device)
         for module, wanted in ((pipe.transformer, dtype), (pipe.text_encoder, dtype),
                                (pipe.vae, vae_dtype or torch.float32)):
             if module.dtype != wanted:  # from_pretrained already loaded most in `dtype`
                 module.to(wanted)
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe, family, defaults, name_or_path)
+        model = cls(pipe, family, defaults, name_or_path)
+        if low_memory:
+            model.enable_low_memory()
+        return model
+
+    def enable_low_memory(self) -> None:
+        """Fit a 24 GiB GPU at 81×480×832 (measured: bench/NOTES.md, "Dress rehearsal"). Two things:
+
+        - the text encoder (Wan's UMT5-XXL: 11.4 GB in bf16, more than the transformer's whole training step
+          needs) waits on the CPU and visits the GPU only to encode prompts not seen before; their embeddings
+          are cached, so a run that names its prompts up front (cache_prompts) moves it there once;
+        - the VAE encodes and decodes in overlapping spatial tiles, one video at a time: an 81-frame decode
+          otherwise peaks at 12 GiB. Tiles are blended at their seams, so pixels differ slightly from an untiled decode.
+        """
+        self.low_memory = True
+        self.pipe.text_encoder.to("cpu")
+        self.vae.enable_tiling()
+        self.vae.enable_slicing()
 
     @property
     def device(self) -> torch.device:
@@ -122,6 +151,25 @@ class VideoModel(LoraAdapters):
     @torch.no_grad()
     def encode_prompt(self, texts: list[str]) -> torch.Tensor:
         """texts -> text_emb: [B, L, D], the transformer's cross-attention context."""
+        if self.low_memory:
+            self.cache_prompts(texts)
+            return torch.stack([self._prompt_cache[text] for text in texts])
+        return self._run_text_encoder(texts)
+
+    def cache_prompts(self, texts: list[str]) -> None:
+        """Low-memory mode: encode the prompts not yet cached, in one visit of the text encoder to the GPU.
+        Otherwise nothing to do: the text encoder lives on the GPU and encodes as prompts come."""
+        new = [text for text in dict.fromkeys(texts) if text not in self._prompt_cache]
+        if not self.low_memory or not new:
+            return
+        self.pipe.text_encoder.to(self.device)
+        for start in range(0, len(new), 8):  # 8 prompts at a time: UMT5-XXL's attention grows with the batch
+            self._prompt_cache.update(zip(new[start:start + 8], self._run_text_encoder(new[start:start + 8])))
+        self.pipe.text_encoder.to("cpu")
+        torch.cuda.empty_cache()  # hand its 11 GB back, not only to torch's cache
+
+    @torch.no_grad()
+    def _run_text_encoder(self, texts: list[str]) -> torch.Tensor:
         text_emb, _ = self.pipe.encode_prompt(
             prompt=list(texts), do_classifier_free_guidance=False,
             max_sequence_length=self.defaults.max_text_tokens, device=self.device)
@@ -398,6 +446,9 @@ def add_model_args(parser) -> None:
                             "H100, same output up to bf16 rounding; bench/NOTES.md)")
     group.add_argument("--attention-backend", default=None,
                        help="diffusers attention kernel, e.g. flash, _native_cudnn (default: PyTorch SDPA)")
+    group.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=None,
+                       help=f"text encoder on the CPU between uses and a tiled VAE, to fit 24 GiB at 81x480x832 "
+                            f"(default: on for GPUs under {LOW_MEMORY_BELOW_GIB} GiB; bench/NOTES.md)")
 
 
 def load_model_from_args(args, gradient_checkpointing: bool = False, checkpoint_blocks: int | None = None) -> VideoModel:
@@ -406,7 +457,12 @@ def load_model_from_args(args, gradient_checkpointing: bool = False, checkpoint_
     device = args.device or str(parallel.device())  # under accelerate launch: this process's GPU
     on_gpu = device.startswith("cuda")
     use_bf16 = args.bf16 if args.bf16 is not None else on_gpu
-    model = VideoModel.from_pretrained(args.model, dtype=torch.bfloat16 if use_bf16 else torch.float32, device=device)
+    low_memory = args.low_memory if args.low_memory is not None else (
+        on_gpu and torch.cuda.get_device_properties(torch.device(device)).total_memory < LOW_MEMORY_BELOW_GIB * 2**30)
+    model = VideoModel.from_pretrained(args.model, dtype=torch.bfloat16 if use_bf16 else torch.float32, device=device,
+                                       low_memory=low_memory)
+    if low_memory:
+        print("low-memory path: text encoder on the CPU between uses, tiled VAE (--no-low-memory turns it off)")
     model.enable_speedups(compile_blocks=args.compile if args.compile is not None else on_gpu,
                           gradient_checkpointing=gradient_checkpointing, checkpoint_blocks=checkpoint_blocks,
                           attention_backend=args.attention_backend)

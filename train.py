@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import comfy_lora
 import evaluate
 import fast_sampling
 import parallel
@@ -167,6 +168,7 @@ def main(argv=None) -> Path:
     repo = Repository(run.dir / "repository")
     video = dict(frames=args.frames, height=args.height, width=args.width, steps=args.sample_steps)
     text_cache = TextCache(model)
+    model.cache_prompts(identity_captions + train_prompts + heldout_prompts + [""])  # low memory: one text-encoder visit
 
     def scored_add(videos, latents, prompts, source, seeds):
         rows = score_videos(videos, prompts, refs, encoder, fps=model.defaults.fps, progress=False)
@@ -197,6 +199,8 @@ def main(argv=None) -> Path:
         if round_index + 1 < args.rounds:  # online: the next round's reference is this round's result
             copy_adapter(model, "default", "reference")
     run.save_stage_lora(model, "magicid")
+    if parallel.is_main():  # the same LoRA under ComfyUI's key names, next to it
+        comfy_lora.write_comfy_lora(run.dir / "magicid_lora")
 
     # 5. Report: the three models on held-out prompts, and how training went.
     variants = {"base": None, "identity stage": "reference", "MagicID": "default"}
