@@ -43,7 +43,7 @@ from dpo import BETA, preference_step
 from faces import ID_CALIBRATION, ReferencePhotoError, load_references, make_face_encoder, read_photo
 from model import LORA_TARGETS, HelpFormatter, ModelLoadError, add_model_args, load_model_from_args
 from prompt_files import PromptFileError, person_phrase, read_prompts
-from rewards import score_videos
+from rewards import ClipScorer, load_judge, score_videos
 from run import Repository, Run
 from sampling import crop_around_face, select_dynamic_pairs, select_identity_pairs, static_video, summary
 
@@ -123,6 +123,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     preset_arg(r, "--videos-per-prompt", "K videos per prompt and model", type=int)
     r.add_argument("--id-backend", default="auto", choices=["auto", "dlib", "insightface"], help="ID encoder")
     r.add_argument("--id-model-root", default=None, help="insightface model pack folder")
+    r.add_argument("--judge", default=None, help="prompt reward r_sem: clip:DIR (a local CLIP folder) or vlm:DIR (a "
+                                                 "local VLM folder, the paper's choice); None: r_sem off")
+    r.add_argument("--sem-floor", type=float, default=None,
+                   help="with --judge: generated videos with r_sem below this take part in no pair; the scale is the "
+                        "judge's: a CLIP cosine (~0.2-0.35 for a match) or a VLM's P(yes) in [0, 1] (None: no floor)")
     r.add_argument("--delta-id", type=float, default=None, help="identity margin δ_id (None: the backend's calibration)")
     r.add_argument("--tau-dyn", type=float, default=2.0, help="max |Δr_dyn| of an identity pair, px at 256-px side")
     r.add_argument("--dyn-margin", type=float, default=0.2, help="relative r_dyn margin of a dynamic pair")
@@ -155,6 +160,9 @@ def main(argv=None) -> Path:
         identity_captions = read_prompts(PROMPTS_DIR / "identity.txt", person)
         encoder = make_face_encoder(args.id_backend, args.id_model_root)
         refs = load_references(args.ref, encoder)  # 0. References: the person's face, embedded once.
+        if args.sem_floor is not None and not args.judge:
+            raise ValueError("--sem-floor needs a prompt judge: add --judge clip:DIR or --judge vlm:DIR")
+        judge = load_judge(args.judge, str(parallel.device())) if args.judge else None
         model = load_model_from_args(args, args.grad_checkpointing, args.checkpoint_blocks)
         model.check_video_size(args.frames, args.height, args.width)
         if args.cfg_interval > 1 and not fast_sampling.supports(model):
@@ -164,14 +172,15 @@ def main(argv=None) -> Path:
     except (PromptFileError, ReferencePhotoError, ModelLoadError, FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
     delta_id = args.delta_id if args.delta_id is not None else ID_CALIBRATION[encoder.name].delta_id
-    run.log("setup", 0, {"id_backend": encoder.describe(), "delta_id": delta_id, "references": len(refs.paths)})
+    run.log("setup", 0, {"id_backend": encoder.describe(), "delta_id": delta_id, "references": len(refs.paths),
+                         "prompt_judge": judge.name if judge else "off"})
     repo = Repository(run.dir / "repository")
     video = dict(frames=args.frames, height=args.height, width=args.width, steps=args.sample_steps)
     text_cache = TextCache(model)
     model.cache_prompts(identity_captions + train_prompts + heldout_prompts + [""])  # low memory: one text-encoder visit
 
     def scored_add(videos, latents, prompts, source, seeds):
-        rows = score_videos(videos, prompts, refs, encoder, fps=model.defaults.fps, progress=False)
+        rows = score_videos(videos, prompts, refs, encoder, judge, fps=model.defaults.fps, progress=False)
         for clip, z, prompt, seed, row in zip(videos, latents, prompts, seeds, rows):
             repo.add(z, prompt, source, row, seed, video=clip)
 
@@ -189,7 +198,7 @@ def main(argv=None) -> Path:
     model.set_adapter("default")
     for round_index in range(args.rounds):
         repo = build_repository(repo, model, train_prompts, round_index, args, video, scored_add)
-        pairs = select_pairs(repo, args, delta_id)
+        pairs = select_pairs(repo, args, delta_id, judged=judge is not None)
         run.write_json(f"pairs_round{round_index}.json", pairs)
         for rule in ("identity", "dynamic"):
             stage, chosen = f"dpo_{rule}_round{round_index}", pairs[rule]
@@ -209,7 +218,8 @@ def main(argv=None) -> Path:
         variants["identity stage"] = "identity"
     if parallel.is_main():  # the other processes are done: their LoRA is the main one's
         results = evaluate.evaluate(model, variants, heldout_prompts, args.eval_seeds, refs, encoder, video,
-                                    cache_dir=run.dir / "eval", seed=args.seed + 10_000)
+                                    cache_dir=run.dir / "eval", seed=args.seed + 10_000, judge=judge,
+                                    clip=judge if isinstance(judge, ClipScorer) else None)  # CLIP-T needs a CLIP
         model.set_adapter("default")
         path = report.write_report(run.dir, results, repo, run.read_log(), encoder.describe())
         print(f"MagicID LoRA: {run.dir / 'magicid_lora'}\nreport: {path}")
@@ -318,10 +328,12 @@ def build_repository(repo, model, prompts, round_index, args, video, scored_add)
     return Repository(repo.root)  # re-read: the other processes' videos are on disk now
 
 
-def select_pairs(repo, args, delta_id) -> dict:
-    """Both rules over the whole repository; pairs as video ids plus the prompt each trains on."""
+def select_pairs(repo, args, delta_id, judged: bool) -> dict:
+    """Both rules over the whole repository; pairs as video ids plus the prompt each trains on.
+    With a prompt judge, r_sem floors both rules and is the dynamic frontier's third objective (sampling.py)."""
     table = repo.table()
-    common = dict(delta_id=delta_id, max_pairs=args.max_pairs)
+    common = dict(delta_id=delta_id, max_pairs=args.max_pairs,
+                  r_sem=table["r_sem"] if judged else None, sem_floor=args.sem_floor)
     identity = select_identity_pairs(table["r_id"], table["r_dyn"], table["prompt"], table["source"],
                                      tau_dyn=args.tau_dyn, **common)
     dynamic = select_dynamic_pairs(table["r_id"], table["r_dyn"], table["prompt"], table["source"],

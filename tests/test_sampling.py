@@ -111,9 +111,11 @@ def test_a_crash_mid_write_leaves_the_old_video_intact(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         repo.add(torch.ones(4, 1, 2, 2), "p", "static", {**REWARDS, "r_id": 0.0}, seed=0)
     monkeypatch.undo()
-    assert list((tmp_path / "videos").glob(".*.tmp"))        # the half-written temp file is there
+    assert not list((tmp_path / "videos").glob(".*"))       # an exception removes its temporary file
+    leftover = tmp_path / "videos" / f".{vid}.999.tmp.safetensors"
+    leftover.write_bytes(b"half a file")                      # what a power cut would leave
     reopened = Repository(tmp_path)
-    assert not list((tmp_path / "videos").glob(".*.tmp"))    # and is cleaned up on open
+    assert not leftover.exists()                              # cleaned up on open, never read as a video
     assert torch.equal(reopened.latents(vid), torch.zeros(4, 1, 2, 2))
     assert reopened.entries()[0]["rewards"]["r_id"] == 0.91
 
