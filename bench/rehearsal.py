@@ -65,6 +65,7 @@ def main():
     p.add_argument("--memory-cap-gib", type=float, default=None, help="cap each stage's GPU memory (GiB)")
     p.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="pass --low-memory / --no-low-memory to train.py and generate.py (default: their own choice)")
+    p.add_argument("--extra", default="", help="more flags for train.py and generate.py, e.g. '--no-compile'")
     p.add_argument("--label", default=None, help="first column of the table rows (default: from the cap)")
     p.add_argument("--table", default=None, help="append the results table to this file")
     p.add_argument("--budget-s", type=float, default=3600, help="stop a stage that would run past this many seconds")
@@ -79,6 +80,7 @@ def main():
     folder, run_dir = out / "Wan2.1-T2V-1.3B-random", out / ("run" if args.memory_cap_gib is None else "run-capped")
     size = ["--frames", "9", "--height", "64", "--width", "64"] if args.small else []  # else the model's 81x480x832
     memory = [] if args.low_memory is None else ["--low-memory" if args.low_memory else "--no-low-memory"]
+    memory += args.extra.split()
     commands = {
         "build": [],
         "train": ["--ref", str(REPO / "examples" / "astronaut.jpg"), "--model", str(folder), "--out", str(run_dir),
@@ -95,7 +97,9 @@ def main():
         rows.append([label, stage, f"{result['seconds']:.1f}", gib(result.get("gpu_allocated")),
                      gib(result.get("gpu_reserved")), gib(result.get("host_peak")), result["status"]])
         print(f"== {stage}: {rows[-1][2:]}", flush=True)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    device = "CPU"
+    if torch.cuda.is_available():
+        device = f"{torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)"
     print_table(f"Rehearsal, Wan2.1-1.3B published configs (random weights), {device}",
                 ["path", "stage", "wall s", "GPU peak alloc GiB", "GPU peak reserved GiB", "host peak GiB", "status"],
                 rows, file=args.table)
