@@ -1,10 +1,13 @@
-"""The toy world (toyworld/pretrain.py): its videos move as captioned, pretraining runs, the shipped weights work."""
+"""The toy world (toyworld/): its videos move as captioned, its people have faces dlib finds, pretraining runs,
+the shipped weights move when asked, hold still otherwise, and draw a person."""
 
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from toyworld import motion as flow
+from toyworld import people
 from toyworld import pretrain as pt
 import tiny
 from model import DEFAULTS, VideoModel
@@ -19,7 +22,7 @@ def test_every_motion_moves_as_its_caption_says():
     assert set(motions) == set(pt.MOTIONS)
     for caption, motion in zip(captions, motions):
         assert caption.startswith(("a photo of", "a close-up photo of", "a still image of")) == (motion == "still")
-    rate = pt.caption_follow_rate(pt.to_uint8(videos), motions)
+    rate = flow.caption_follow_rate(pt.to_uint8(videos), motions)
     assert rate >= 0.85, f"only {rate:.2f} of the toy world's videos move as captioned"
 
 
@@ -31,12 +34,44 @@ def test_a_leftward_pan_flows_right_and_a_zoom_in_flows_outward():
                               ("camera zooms in", "zoom", 1)):
         cams = torch.from_numpy(pt.camera_path(motion, 9, 128, rng)).float()[None]  # [1, F, 3]
         video = pt.to_uint8(pt.render(canvas, cams, 128))[0]
-        assert pt.measure_motion(video)[key] * sign > 0, motion
+        assert flow.measure_motion(video)[key] * sign > 0, motion
 
 
 def test_no_face_image_is_in_the_pretraining_data():
     assert not set(pt.NATURAL_IMAGES) & set(pt.FACE_IMAGES)
     assert "astronaut" in pt.FACE_IMAGES  # the benchmark's identity
+
+
+def test_rendered_people_have_faces_dlib_finds_at_the_tiny_size():
+    from faces import DlibFaceEncoder
+
+    world = people.PeopleWorld(pt.ToyWorld("cpu", seed=11))
+    videos, captions, _ = world.batch(12, frames=3, size=128)                  # [12, 3, 3, 128, 128]
+    frames = pt.to_uint8(videos).reshape(-1, 128, 128, 3)                     # 36 frames
+    encoder = DlibFaceEncoder()
+    rate = np.mean([bool(encoder.find_faces(f)) for f in frames])
+    assert rate >= 0.7, f"dlib finds a face in only {rate:.2f} of rendered frames"  # measured: 0.86 on 12 × 9 frames
+    assert all(" person" in c for c in captions)
+
+
+def test_a_person_walks_the_way_the_caption_says_and_is_captioned_by_what_moves():
+    world = people.PeopleWorld(pt.ToyWorld("cpu", seed=0), person_share=1.0, camera_share=0.0)
+    videos, captions, motions = world.batch(10, frames=9, size=128)
+    for video, text, name in zip(pt.to_uint8(videos), captions, motions):
+        assert text.endswith(f"{name}, camera still") and name in people.PERSON_MOTIONS
+        if name.startswith("walks"):
+            assert flow.follows_caption(name, flow.measure_motion(video)), text
+
+
+def test_signed_distances_of_the_people_shapes_match_hand_computed_ones():
+    X, Y = torch.tensor([3.0, 0.0, 1.0, 0.5]), torch.tensor([4.0, 0.5, 0.0, 2.0])
+    circle = people.ellipse(X, Y, 0.0, 0.0, 2.0, 2.0)                         # exact for a circle: |p| − r
+    assert torch.allclose(circle, torch.tensor([3.0, -1.5, -1.0, 4.25 ** 0.5 - 2.0]), atol=1e-5)
+    # a segment (0,0)-(2,0) of radius 0.5: above its middle, beyond its end, on it
+    seg = people.capsule(torch.tensor([1.0, 3.0, 1.0]), torch.tensor([2.0, 0.0, 0.0]), 0.0, 0.0, 2.0, 0.0, 0.5)
+    assert torch.allclose(seg, torch.tensor([1.5, 0.5, -0.5]), atol=1e-5)
+    # a thin ellipse's edge stays thin: 0.4 to the side of a 0.2 × 0.012 mouth is far outside
+    assert people.ellipse(torch.tensor(0.6), torch.tensor(0.0), 0.0, 0.0, 0.2, 0.012) > 0.39
 
 
 def test_latent_calibration_keeps_reconstructions_and_standardizes_latents():

@@ -5,16 +5,20 @@ The paper's claims (MagicID §1 and Tab. 1), as this benchmark tests them on hel
          r_dyn(identity stage) < r_dyn(base),  and r_id falls along a video longer than trained on;
   2. hybrid preference optimization restores motion while keeping identity:
          r_dyn(MagicID) > r_dyn(identity stage)  and  r_id(MagicID) ≥ r_id(identity stage).
-The base is `--model tiny` with the toy-world weights (toyworld/pretrain.py: it knows camera motion and has
-never seen a face). For each identity, a real face photo that ships in a pip package (scikit-image's
-astronaut, matplotlib's Grace Hopper), this runs train.py end to end (static videos → identity LoRA →
-repository → hybrid pairs → DPO → evaluation) with the toy-world prompts, then evaluates the three
-models again on videos of LONG_FRAMES frames (training used 9) for the per-frame identity curve.
+The base is `--model tiny` with the toy-world weights (toyworld/pretrain.py: it knows camera motion and
+draws generic people, toyworld/people.py; toyworld/base_check.py measures both). For each identity, a real
+face photo that ships in a pip package (scikit-image's astronaut, matplotlib's Grace Hopper) or any photo
+given with --photo, this runs train.py end to end (static videos → identity LoRA → repository → hybrid
+pairs → DPO → evaluation) with the toy-world prompts, then evaluates the three models again on videos of
+LONG_FRAMES frames (training used 9) for the per-frame identity curve, and on the person-motion held-out
+prompts (toyworld/prompts/heldout_people.txt: the person walks, nods, waves, comes closer).
 
-Fixed before any result was seen, never tuned: the held-out prompts (toyworld/prompts/heldout.txt),
-the seeds (SEED, EVAL_SEEDS: train.py's evaluation seeds 10000 + 100·prompt + seed), LONG_FRAMES.
+Fixed before any result was seen, never tuned: the held-out prompts (toyworld/prompts/heldout.txt; the
+person-motion ones in heldout_people.txt before the people base's first result), the seeds (SEED,
+EVAL_SEEDS: train.py's evaluation seeds 10000 + 100·prompt + seed), LONG_FRAMES.
 
     python toyworld/benchmark.py                            # both identities; writes runs/toyworld/results.md
+    python toyworld/benchmark.py --photo me.jpg --photo friend.png --out runs/toyworld_mine   # any face photos
     python toyworld/benchmark.py --identity astronaut --train-arg=--beta=500 --out runs/toyworld_beta500
 
 Table: mean ± 95 % bootstrap CI over identities × held-out prompts × seeds (eval.bootstrap_ci).
@@ -33,12 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import evaluate  # noqa: E402
-from toyworld import pretrain  # noqa: E402
+from toyworld import base_check  # noqa: E402
 import train  # noqa: E402
 
 IDENTITIES = ("astronaut", "grace_hopper")
 TRAIN_PROMPTS = ROOT / "toyworld" / "prompts" / "train.txt"
 HELDOUT_PROMPTS = ROOT / "toyworld" / "prompts" / "heldout.txt"
+HELDOUT_PEOPLE = ROOT / "toyworld" / "prompts" / "heldout_people.txt"   # the person's own motion
 SEED = 0            # train.py --seed; its evaluation draws seeds 10000 + 100·p + s
 EVAL_SEEDS = 3      # seeds per held-out prompt
 LONG_FRAMES = 17    # the identity curve's video length; train.py trains and evaluates on 9
@@ -48,34 +53,43 @@ TABLE_METRICS = ("r_id", "face_hit_rate", "r_dyn", "dynamic_degree")
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--identity", action="append", choices=IDENTITIES, help="identities to run (default: all)")
+    p.add_argument("--identity", action="append", choices=IDENTITIES,
+                   help="shipped identities to run (default: all of them, unless --photo is given)")
+    p.add_argument("--photo", action="append", default=[], type=Path,
+                   help="a face photo to run as one more identity (repeatable); named by its file name")
     p.add_argument("--out", default=str(ROOT / "runs" / "toyworld"), help="folder of the runs and results")
     p.add_argument("--train-arg", action="append", default=[],
                    help="extra train.py flag for an investigation, e.g. --train-arg=--beta=500 (use a new --out)")
     args = p.parse_args(argv)
     out = Path(args.out)
-    identities = args.identity or list(IDENTITIES)
+    references = {name: write_reference(name, out / "refs")
+                  for name in args.identity or ([] if args.photo else list(IDENTITIES))}
+    for photo in args.photo:
+        if not photo.is_file():
+            raise SystemExit(f"--photo {photo}: no such file")
+        references[photo.stem if photo.stem not in references else str(photo)] = photo.resolve()
+    identities = list(references)
 
-    base_check = motion_check(out)
-    rows9, rows_long = [], []
-    for name in identities:
-        run_dir = out / name
-        ref = write_reference(name, out / "refs")
+    base = check_base(out)
+    rows = {"9": [], "long": [], "people": []}
+    for name, ref in references.items():
+        run_dir = out / name.replace("/", "_")
         train.main(train_argv(ref, run_dir, args.train_arg))
-        short, long = evaluate_run(ref, run_dir)
-        rows9 += [{**r, "identity": name} for r in short]
-        rows_long += [{**r, "identity": name} for r in long]
+        for key, run_rows in evaluate_run(ref, run_dir).items():
+            rows[key] += [{**r, "identity": name} for r in run_rows]
 
-    results = {"identities": identities, "train_args": args.train_arg, "base_motion_check": base_check,
-               "table_9": evaluate.summarize(rows9, list(VARIANTS)),
-               "table_long": evaluate.summarize(rows_long, list(VARIANTS)),
-               "per_identity_9": {n: evaluate.summarize([r for r in rows9 if r["identity"] == n], list(VARIANTS))
+    results = {"identities": identities, "train_args": args.train_arg, "base_check": base,
+               "table_9": evaluate.summarize(rows["9"], list(VARIANTS)),
+               "table_long": evaluate.summarize(rows["long"], list(VARIANTS)),
+               "table_people": evaluate.summarize(rows["people"], list(VARIANTS)),
+               "per_identity_9": {n: evaluate.summarize([r for r in rows["9"] if r["identity"] == n], list(VARIANTS))
                                   for n in identities}}
-    results["claims"] = check_claims(results["table_9"], results["table_long"])
+    results["claims"] = check_claims(results["table_9"], results["table_long"], results["table_people"])
     text = report(results)
     print(text)
     (out / "results.md").write_text(text)
-    (out / "results.json").write_text(json.dumps({**results, "rows_9": rows9, "rows_long": rows_long}, indent=1))
+    (out / "results.json").write_text(json.dumps({**results, **{f"rows_{k}": v for k, v in rows.items()}},
+                                                 indent=1, default=str))
     return results
 
 
@@ -106,9 +120,10 @@ def write_reference(name: str, folder: Path) -> Path:
     return path
 
 
-def evaluate_run(ref: Path, run_dir: Path) -> tuple[list[dict], list[dict]]:
+def evaluate_run(ref: Path, run_dir: Path) -> dict[str, list[dict]]:
     """The three models of a finished run on the held-out prompts: at 9 frames (train.py's own
-    evaluation, read back from its cache) and at LONG_FRAMES (generated here, cached beside it)."""
+    evaluation, read back from its cache), at LONG_FRAMES, and on the person-motion prompts at 9
+    frames (both generated here, cached beside it). Returns {"9" | "long" | "people": rows}."""
     from model import VideoModel
     from faces import load_references, make_face_encoder
 
@@ -125,34 +140,23 @@ def evaluate_run(ref: Path, run_dir: Path) -> tuple[list[dict], list[dict]]:
     short = evaluate.evaluate(model, VARIANTS, video=video, cache_dir=run_dir / "eval", **common)
     long = evaluate.evaluate(model, VARIANTS, video={**video, "frames": LONG_FRAMES},
                                cache_dir=run_dir / f"eval_{LONG_FRAMES}f", **common)
-    return short["rows"], long["rows"]
+    moving = evaluate.evaluate(model, VARIANTS, video=video, cache_dir=run_dir / "eval_people",
+                               **{**common, "prompts": train.read_prompts(HELDOUT_PEOPLE, person)})
+    return {"9": short["rows"], "long": long["rows"], "people": moving["rows"]}
 
 
-def motion_check(out: Path) -> dict:
-    """Does the base follow motion captions? Every motion of its vocabulary on two non-face subjects,
-    one seed each: the fraction of videos whose optical flow moves as captioned, and r_dyn per motion."""
-    from model import VideoModel
-    from rewards import dynamic_reward
-
-    cache = out / "base_motion_check.json"
+def check_base(out: Path) -> dict:
+    """What the base knows (toyworld/base_check.py: motion, direction, faces), cached in out."""
+    cache = out / "base_check.json"
     if cache.exists():
         return json.loads(cache.read_text())
-    model = VideoModel.from_pretrained("tiny")
-    per_motion = {}
-    for motion in pretrain.MOTIONS:
-        subjects = ("a cat", "a rocket")
-        prompts = [f"a photo of {s}" if motion == "still" else f"{s}, {motion}" for s in subjects]
-        videos, _ = model.sample(prompts, seed=SEED, steps=12)
-        follows = [pretrain.follows_caption(motion, pretrain.measure_motion(v)) for v in videos]
-        per_motion[motion] = {"follows": float(np.mean(follows)),
-                              "r_dyn": float(np.mean([dynamic_reward(v, model.defaults.fps).reward for v in videos]))}
-    result = {"follow_rate": float(np.mean([m["follows"] for m in per_motion.values()])), "per_motion": per_motion}
+    result = base_check.check_base()
     out.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(result, indent=1))
     return result
 
 
-def check_claims(short: dict, long: dict) -> dict:
+def check_claims(short: dict, long: dict, people: dict) -> dict:
     """Each claim as the paper states it, on the means (and whether the 95 % intervals separate)."""
     def mean(table, variant, metric):
         return table[variant][metric][0]
@@ -168,6 +172,11 @@ def check_claims(short: dict, long: dict) -> dict:
         "MagicID r_dyn above baseline": bool(mean(short, "MagicID", "r_dyn") > mean(short, "identity stage", "r_dyn")),
         "  (95 % CIs separate) ": bool(separated(short, "identity stage", "MagicID", "r_dyn")),
         "MagicID r_id not below baseline": bool(mean(short, "MagicID", "r_id") >= mean(short, "identity stage", "r_id")),
+        "person-motion prompts: MagicID r_dyn above baseline":
+            bool(mean(people, "MagicID", "r_dyn") > mean(people, "identity stage", "r_dyn")),
+        "  (95 % CIs separate)  ": bool(separated(people, "identity stage", "MagicID", "r_dyn")),
+        "person-motion prompts: MagicID r_id not below baseline":
+            bool(mean(people, "MagicID", "r_id") >= mean(people, "identity stage", "r_id")),
         f"baseline r_id fades over {LONG_FRAMES} frames (last third < first third)":
             bool(third["identity stage"][1] < third["identity stage"][0]),
         "id_curve_thirds": third,
@@ -177,10 +186,11 @@ def check_claims(short: dict, long: dict) -> dict:
 def report(results: dict) -> str:
     lines = [f"# Toy-world benchmark: {', '.join(results['identities'])}",
              f"train.py extra flags: {results['train_args'] or 'none'}", "",
-             f"Base follows motion captions: {results['base_motion_check']['follow_rate']:.2f} of videos "
-             "(optical-flow direction; 9 motions × 2 non-face subjects)", ""]
+             "## The base (toyworld/base_check.py): mean [95 % CI] over its fixed prompts × 2 seeds", "",
+             base_check.report(results["base_check"]), ""]
     for key, title in (("table_9", "held-out prompts, 9 frames (as trained)"),
-                       ("table_long", f"held-out prompts, {LONG_FRAMES} frames")):
+                       ("table_long", f"held-out prompts, {LONG_FRAMES} frames"),
+                       ("table_people", "person-motion held-out prompts (heldout_people.txt), 9 frames")):
         table = results[key]
         lines += [f"## {title}: mean [95 % CI] over identities × prompts × seeds", "",
                   "| model | n | " + " | ".join(TABLE_METRICS) + " |", "|---" * (len(TABLE_METRICS) + 2) + "|"]
