@@ -2,8 +2,10 @@
 
 Every test here was checked by breaking the behaviour it names (the way a plausible edit would) and
 seeing it fail: which frames r_id looks at, how r_dyn pools frame pairs, VBench's resolution scaling,
-which face of a reference photo is the person, the dynamic pairs' identity margin, and how parallel.shard
-splits the work. Each asserts an outcome a reader can check by hand, not a copy of the code's own formula.
+which face of a reference photo is the person, the dynamic pairs' identity margin, how parallel.shard
+splits the work, which side of a pair Diffusion-DPO moves towards, and that each training step draws
+its own items, t and ε. Each asserts an outcome a reader can check by hand, not a copy of the code's own
+formula. (The training loop end to end, warm-up, DPO's reference and kill/resume: tests/test_train.py.)
 """
 
 import json
@@ -14,9 +16,13 @@ import sys
 import warnings
 from pathlib import Path
 
+from argparse import Namespace
+from functools import partial
+
 import numpy as np
 import pytest
 import skimage.data
+import torch
 from PIL import Image, ImageFilter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +31,10 @@ sys.path.insert(0, str(ROOT))  # the repo's modules are flat top-level files
 import faces  # noqa: E402
 import rewards  # noqa: E402
 import sampling  # noqa: E402
+import train  # noqa: E402
+from dpo import preference_step  # noqa: E402
+from model import VideoModel  # noqa: E402
+from run import Repository, Run  # noqa: E402
 
 ASTRONAUT = skimage.data.astronaut()  # uint8 [512, 512, 3], one face of about 87 px at x 179-266, y 83-170
 
@@ -150,3 +160,93 @@ def test_each_of_two_processes_gets_only_its_share_of_the_jobs():
         assert process.returncode == 0, err[-2000:]
         shares.append(json.loads(out.strip().splitlines()[-1]))
     assert shares == [[0, 2, 4, 6], [1, 3, 5]]   # rank r takes jobs r, r + 2, ...: none twice, none lost
+
+
+# ---- Diffusion-DPO moves towards the winner ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dpo_start():
+    """The tiny Wan model as DPO finds it: a trainable "default" LoRA (small random B, so every weight
+    matters) and a frozen "reference" copy of it."""
+    model = VideoModel.from_pretrained("tiny")
+    model.add_lora(4, name="default")
+    draw = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.lora_parameters("default"):
+            if not p.any():
+                p.copy_(0.02 * torch.randn(p.shape, generator=draw))
+    model.add_lora(4, name="reference", trainable=False)
+    train.copy_adapter(model, "default", "reference")
+    model.set_adapter("default")
+    return model
+
+
+@pytest.fixture
+def tiny(dpo_start):
+    """dpo_start with its trainable LoRA put back after the test."""
+    saved = [p.detach().clone() for p in dpo_start.lora_parameters("default")]
+    yield dpo_start
+    with torch.no_grad():
+        for p, s in zip(dpo_start.lora_parameters("default"), saved):
+            p.copy_(s)
+            p.grad = None
+    dpo_start.set_adapter("default")
+
+
+def test_one_dpo_step_lowers_the_winners_error_relative_to_the_losers(tiny):
+    # The winner is known from outside (latents_w); its error and the loser's are measured here with
+    # model.denoising_error on the draw preference_step makes from seed 7 (its t, then its ε). A DPO step
+    # must lower e(winner) − e(loser); training on [losers; winners] would raise it.
+    shape = (1, *tiny.latent_shape(5, 64, 64))                            # [1, C, f, h, w]
+    data = torch.Generator().manual_seed(1)
+    winner, loser = torch.randn(shape, generator=data), torch.randn(shape, generator=data)
+    text = tiny.encode_prompt(["a person surfing a big wave"])            # [1, L, D]
+
+    def errors():
+        draw = torch.Generator().manual_seed(7)
+        t = tiny.sample_timesteps(1, draw)
+        noise = torch.randn(shape, generator=draw)
+        with torch.no_grad(), tiny.adapter("default"):
+            return [tiny.denoising_error(x, noise, t, text).item() for x in (winner, loser)]
+
+    before = errors()
+    loss, metrics = preference_step(tiny, {"latents_w": winner, "latents_l": loser, "text_emb": text},
+                                    generator=torch.Generator().manual_seed(7))
+    # the same draw as preference_step's, whichever row it calls the winner
+    assert sorted(before) == pytest.approx(sorted([metrics["err_w"].item(), metrics["err_l"].item()]), rel=1e-5)
+    loss.backward()
+    params = tiny.lora_parameters("default")
+    grad_norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in params))
+    torch.optim.SGD(params, lr=1e-2 / grad_norm.item()).step()            # a small step down the gradient
+    after = errors()
+    assert after[0] - after[1] < before[0] - before[1]
+
+
+# ---- every training step draws its own items, t and ε -------------------------------------------
+
+def test_step_seeds_differ_for_every_stage_step_and_item(tmp_path):
+    run = Run(str(tmp_path / "run"), config={"seed": 0}, resume=False)
+    stages, steps, items = ("identity", "dpo_identity_round0", "dpo_dynamic_round0"), range(300), range(-1, 4)
+    seeds = {run.step_seed(stage, step, item) for stage in stages for step in steps for item in items}
+    assert len(seeds) == len(stages) * len(steps) * len(items)
+
+
+def test_the_identity_and_dpo_losses_draw_anew_at_each_step_and_repeat_within_one(tiny, tmp_path):
+    # One static video and one pair, so only t and ε can change the loss between steps. The step seeds
+    # reach the losses as in train.main: partial(run.step_seed, stage).
+    run = Run(str(tmp_path / "run"), config={"seed": 0}, resume=False)
+    repo = Repository(tmp_path / "repository")
+    shape = tiny.latent_shape(5, 64, 64)
+    data = torch.Generator().manual_seed(2)
+    ids = [repo.add(torch.randn(shape, generator=data), "a photo of a sks person", "static",
+                    {"r_id": 0.9, "r_dyn": 0.0}, seed) for seed in range(2)]
+    statics = [e for e in repo.entries() if e["id"] == ids[0]]
+    pairs = {"pairs": [ids], "prompts": ["a photo of a sks person"]}
+    args, text_cache = Namespace(batch_size=2, beta=2500.0, sft_weight=0.0), train.TextCache(tiny)
+    with torch.no_grad():
+        identity = [train.reconstruction_loss(tiny, repo, statics, text_cache, args,
+                                              partial(run.step_seed, "identity"), step, 0)[0].item() for step in (0, 0, 1)]
+        dpo = [train.dpo_loss_of_pair(tiny, repo, pairs, text_cache, args, partial(run.step_seed, "dpo_identity_round0"),
+                                      step, 0)[1]["err_w"].item() for step in (0, 0, 1)]
+    for losses in (identity, dpo):
+        assert losses[0] == losses[1] and losses[1] != losses[2]

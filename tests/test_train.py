@@ -1,22 +1,30 @@
-"""train.py end to end on the tiny preset: the whole method runs, and a killed run resumes exactly."""
+"""train.py end to end on the tiny preset: the whole method runs, every stage trains from the right start,
+and a run killed after any checkpoint resumes exactly."""
 
-import os
-import random
+import json
+import math
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
+
+from run import Repository
 
 REPO = Path(__file__).resolve().parents[1]
 # Small enough for CI (a minute), big enough to cross every stage: static videos, identity LoRA,
-# repository, pairs, both DPO phases with checkpoints, evaluation and report.
+# repository, pairs, both DPO phases with checkpoints, evaluation and report. The margins make both
+# kinds of pairs at this size: --tau-dyn 100 lets the (still) static videos pair with the (moving)
+# generated ones as identity pairs, --dyn-margin 0.05 makes dynamic pairs.
 QUICK = ["--model", "tiny", "--frames", "5", "--height", "64", "--width", "64", "--identity-steps", "8",
          "--dpo-identity-steps", "4", "--dpo-dynamic-steps", "4", "--num-prompts", "2", "--videos-per-prompt", "3",
          "--static-videos", "2", "--eval-prompts", "1", "--eval-seeds", "1", "--sample-steps", "2",
-         "--checkpoint-every", "2", "--rank", "4", "--dyn-margin", "0.05"]
+         "--checkpoint-every", "2", "--rank", "4", "--dyn-margin", "0.05", "--tau-dyn", "100"]
+TRAINING_STAGES = {"identity": 2e-3, "dpo_identity_round0": 2e-5, "dpo_dynamic_round0": 2e-5}  # stage: its lr
+WARMUP = 10  # train.py's default --warmup
 
 
 def astronaut(tmp_path) -> str:
@@ -33,9 +41,10 @@ def train(args, **kwargs):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def test_tiny_run_produces_every_output(tmp_path):
+def test_tiny_run_produces_every_output(tmp_path, tiny_clip):
     out = tmp_path / "run"
-    process = train(["--ref", astronaut(tmp_path), "--out", str(out), *QUICK, "--cfg-interval", "2"])  # fast mode
+    process = train(["--ref", astronaut(tmp_path), "--out", str(out), *QUICK, "--cfg-interval", "2",  # fast mode
+                     "--judge", f"clip:{tiny_clip}"])                                                    # 3rd reward
     _, err = process.communicate(timeout=600)
     assert process.returncode == 0, err[-3000:]
     for name in ("identity_lora", "magicid_lora"):
@@ -43,6 +52,11 @@ def test_tiny_run_produces_every_output(tmp_path):
     assert (out / "report.html").stat().st_size > 10_000
     table = (out / "eval" / "table.md").read_text()
     assert all(name in table for name in ("base", "identity stage", "MagicID"))
+    # The prompt judge scored every repository video and the report names it, with CLIP-T.
+    entries = Repository(out / "repository").entries()
+    assert entries and all(isinstance(e["rewards"]["r_sem"], float) for e in entries)
+    assert all(tiny_clip.name in e["rewards"]["r_sem_status"] for e in entries)
+    assert tiny_clip.name in table and "CLIP-T" in table and "r_sem" in table
     stages = {line.split('"stage": "')[1].split('"')[0] for line in (out / "log.jsonl").read_text().splitlines()}
     assert {"identity", "setup"} <= stages
     # A second start without --resume refuses to overwrite the run.
@@ -51,29 +65,75 @@ def test_tiny_run_produces_every_output(tmp_path):
     assert again.returncode != 0 and "--resume" in err
 
 
-def test_a_run_killed_at_a_random_moment_resumes_to_the_same_lora(tmp_path):
-    ref = astronaut(tmp_path)
-    reference_run = train(["--ref", ref, "--out", str(tmp_path / "whole"), *QUICK])
-    started = time.monotonic()
-    assert reference_run.wait(timeout=600) == 0, reference_run.stderr.read()[-3000:]
-    duration = time.monotonic() - started
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+    """One uninterrupted tiny run: the reference the killed runs are compared with; returns its folder."""
+    tmp_path = tmp_path_factory.mktemp("whole")
+    process = train(["--ref", astronaut(tmp_path), "--out", str(tmp_path / "run"), *QUICK])
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+    return tmp_path / "run"
 
-    seed = int.from_bytes(os.urandom(4), "little")
-    kill_after = random.Random(seed).uniform(0.25, 0.85) * duration
-    interrupted = train(["--ref", ref, "--out", str(tmp_path / "killed"), *QUICK])
-    try:
-        interrupted.wait(timeout=kill_after)
-    except subprocess.TimeoutExpired:
-        interrupted.send_signal(signal.SIGKILL)
-        interrupted.wait()
-    resumed = train(["--ref", ref, "--out", str(tmp_path / "killed"), "--resume", *QUICK])
-    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
 
-    whole = load_file(tmp_path / "whole" / "magicid_lora" / "pytorch_lora_weights.safetensors")
-    killed = load_file(tmp_path / "killed" / "magicid_lora" / "pytorch_lora_weights.safetensors")
-    assert whole.keys() == killed.keys()
-    for key in whole:  # bitwise, not approximately
-        assert (whole[key] == killed[key]).all(), f"{key} differs (kill after {kill_after:.1f}s, seed {seed})"
+def read_log(run_dir):
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_every_training_stage_runs_and_warms_up_from_lr_over_warmup(whole_run):
+    # step 0 trains at lr · 1/warmup (linear warm-up: (step + 1) / warmup), not at 0
+    first = {r["stage"]: r for r in read_log(whole_run) if r["step"] == 0}
+    for stage, lr in TRAINING_STAGES.items():
+        assert stage in first, f"{stage} never trained: the tiny run made no pairs for it"
+        assert first[stage]["lr"] == pytest.approx(lr / WARMUP, rel=1e-9), stage
+
+
+def test_the_first_dpo_step_compares_the_policy_with_the_identity_lora_itself(whole_run):
+    # DPO starts from the identity LoRA and its reference is a frozen copy of it (not the base model):
+    # at step 0 policy == reference, so the margin is exactly 0 and the loss log 2.
+    record = next(r for r in read_log(whole_run) if r["stage"] == "dpo_identity_round0" and r["step"] == 0)
+    assert record["reward_margin"] == pytest.approx(0.0, abs=1e-6)
+    assert record["loss_dpo"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def wait_for_first_checkpoint(out: Path, stage: str, process, timeout=600) -> None:
+    """Return as soon as state.json names a checkpoint of `stage` (it is written after the checkpoint)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if stage in json.loads((out / "state.json").read_text())["latest"]:
+                return
+        except (OSError, ValueError, KeyError):  # not written yet
+            pass
+        assert process.poll() is None, f"the run ended before checkpointing {stage}: {process.stderr.read()[-3000:]}"
+        time.sleep(0.002)
+    raise TimeoutError(f"no checkpoint of {stage} within {timeout} s")
+
+
+def test_a_run_killed_right_after_a_checkpoint_in_each_stage_resumes_to_the_same_lora(whole_run, tmp_path):
+    # Killed (SIGKILL: no clean-up) the moment the first checkpoint of each training stage is on disk, so
+    # each resume restores a mid-stage checkpoint: LoRA and AdamW moments after exactly k steps. A
+    # checkpoint taken before optimizer.step, or moments not restored, would make the LoRA differ.
+    ref, out = astronaut(tmp_path), tmp_path / "killed"
+    steps = {stage: int(QUICK[QUICK.index(flag) + 1]) for stage, flag in
+             zip(TRAINING_STAGES, ("--identity-steps", "--dpo-identity-steps", "--dpo-dynamic-steps"))}
+    for k, stage in enumerate(TRAINING_STAGES):
+        process = train(["--ref", ref, "--out", str(out), *(["--resume"] if k else []), *QUICK])
+        wait_for_first_checkpoint(out, stage, process)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        state = json.loads((out / "state.json").read_text())
+        last = int(state["latest"][stage].rsplit("step-", 1)[1])
+        assert stage not in state["done"] and last < steps[stage], f"killed too late: {stage} was past its last checkpoint"
+    resumed = train(["--ref", ref, "--out", str(out), "--resume", *QUICK])
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+
+    for name in ("identity_lora", "magicid_lora"):
+        whole = load_file(whole_run / name / "pytorch_lora_weights.safetensors")
+        killed = load_file(out / name / "pytorch_lora_weights.safetensors")
+        assert whole.keys() == killed.keys()
+        for key in whole:  # bitwise, not approximately
+            assert (whole[key] == killed[key]).all(), f"{name}: {key} differs"
 
 
 def test_fast_mode_on_a_model_without_fast_sampling_is_refused_before_any_work(tmp_path):
