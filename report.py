@@ -57,7 +57,8 @@ def write_report(run_dir: Path, results: dict, repo, log: list[dict], backend: s
                   f"<img src='data:image/png;base64,{base64.b64encode(Path(sheet).read_bytes()).decode()}'>"]
     page = ("<!doctype html><meta charset='utf-8'><title>MagicID report</title>"
             f"<style>body{{font-family:sans-serif;max-width:{PAGE_WIDTH_PX}px;margin:auto}}img{{max-width:100%}}"
-            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
+            "table{border-collapse:collapse;display:block;overflow-x:auto}"   # a wide table scrolls in the column
+            "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
             "</style>\n" + "\n".join(parts))
     path = run_dir / "report.html"
     path.write_text(page, encoding="utf-8")

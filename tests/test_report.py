@@ -138,6 +138,7 @@ def test_the_plotted_dpo_curves_end_at_the_logged_values(run):
 def test_every_plot_fits_the_1100_px_page_and_images_scale_down(run):
     _, _, _, _, page = run
     assert "max-width:1100px" in page and "img{max-width:100%}" in page  # contact sheets may be wider
+    assert "overflow-x:auto" in page                                        # and the comparison table
     widths = [Image.open(io.BytesIO(base64.b64decode(data))).width
               for data in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)]
     assert len(widths) == 3 + len(VARIANTS)       # ID curve, repository, training; one sheet per model
