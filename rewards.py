@@ -3,7 +3,8 @@
 A video is uint8 [F, H, W, 3] RGB. With S the sampled frames, e_f the best face's identity
 embedding in frame f and ē = normalize(mean_i e_i) the mean embedding of the N reference photos:
 
-    r_id(v)     = 1/|S| · Σ_{f∈S} 1[face in f] · cos(e_f, ē)            identity, no face counts 0
+    r_id(v)     = min(1, p/p_min) · 1/|S_face| · Σ_{f∈S_face} cos(e_f, ē)   identity over the frames S_face
+                  p = |S_face| / |S| (face presence), p_min = 0.5          with a face; few faces shrink it to 0
     r_dyn(v)    = 1/(F-1) · Σ_f mean(top 5 % of ‖flow(f → f+1)‖)          motion, in px at a 256-px
                                                                           short side (VBench's statistic)
     r_sem(v, c) = 1/|S| · Σ_{f∈S} cos(CLIP_image(f), CLIP_text(c))        prompt, CLIP judge
@@ -18,7 +19,7 @@ move. Identity embeddings come from faces.py (dlib or insightface ArcFace; which
 every score); the reference photos and ē come from faces.load_references. The prompt judge comes
 from a local folder, load_judge("clip:DIR" | "vlm:DIR"), and names itself in every score.
 
-Exports: identity_reward, dynamic_reward, prompt_reward, load_judge (load_clip, load_vlm), score_videos; the pure math:
+Exports: identity_reward (identity_from_frames), dynamic_reward, prompt_reward, load_judge (load_clip, load_vlm), score_videos; the pure math:
 sample_frame_indices, cosine_to_reference, top_fraction_mean, is_dynamic_vbench.
 """
 
@@ -36,6 +37,7 @@ from faces import FaceEncoder, References
 
 FLOW_SHORT_SIDE = 256   # px; r_dyn is measured at this short side (VBench's 256 normalisation)
 TOP_FRACTION = 0.05     # VBench: mean of the largest 5 % flow magnitudes of a frame pair
+MIN_FACE_PRESENCE = 0.5 # p_min: r_id is shrunk toward 0 when the face is in fewer of the sampled frames
 
 
 def identity_reward(video: np.ndarray, refs: References, encoder: FaceEncoder,
@@ -49,17 +51,35 @@ def identity_reward(video: np.ndarray, refs: References, encoder: FaceEncoder,
     frames = sample_frame_indices(len(video), num_frames)                        # [S]
     emb, found = encoder.embed_faces(video[frames], mean_ref=refs.mean_embedding)  # [S, D], [S]
     per_frame = cosine_to_reference(emb, found, refs.mean_embedding)             # [S]
-    return IdentityScore(float(per_frame.mean()), per_frame, float(found.mean()), frames,
-                         encoder.describe())
+    return IdentityScore(identity_from_frames(per_frame, found), per_frame, float(found.mean()), frames,
+                         encoder.describe(), found)
+
+
+def identity_from_frames(per_frame: np.ndarray, found: np.ndarray, min_presence: float = MIN_FACE_PRESENCE) -> float:
+    """r_id from the sampled frames: per_frame [S] cosines to ē, found [S] bool (a face in the frame).
+
+        r_id = min(1, p / p_min) · mean_{f: found} per_frame[f],   p = mean(found);   r_id = 0 if no face.
+
+    A frame without a found face says nothing about who the person is (a turned head, a hand over the
+    face, a wide shot): counting it as cosine 0 read motion as "someone else" (issue 19: AUC 0.63 on
+    real generated videos, 0.99 over the frames with a face). So r_id averages the frames with a face,
+    and face presence p is kept apart (IdentityScore.face_hit_rate). A video where the face is seen in
+    fewer than p_min of the frames carries little evidence of the person: its mean is shrunk linearly
+    toward 0 (one face in 16 frames: ×1/8; none: 0), continuously, so pair selection sees no cliff."""
+    presence = float(np.mean(found))
+    if presence == 0:
+        return 0.0
+    return float(min(1.0, presence / min_presence) * np.mean(per_frame[found]))
 
 
 @dataclass
 class IdentityScore:
     reward: float           # r_id
     per_frame: np.ndarray   # [S] cosine to ē per sampled frame, 0 where no face
-    face_hit_rate: float    # fraction of sampled frames with a face
+    face_hit_rate: float    # face presence p: fraction of sampled frames with a face
     frames: np.ndarray      # [S] indices of the sampled frames
     backend: str            # which encoder ran
+    found: np.ndarray       # [S] bool: a face was found in the sampled frame
 
 
 def dynamic_reward(video: np.ndarray, fps: float = 16.0, preset: str = "medium") -> DynamicScore:
