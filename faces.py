@@ -262,11 +262,16 @@ def read_photo(path: Path) -> np.ndarray:
     """An image file -> uint8 [H, W, 3] RGB, upright per its EXIF orientation; grey, palette,
     RGBA (on white), CMYK and 16-bit inputs converted."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
+        with warnings.catch_warnings():  # PIL's size limit (~89 Mpx warns, twice that fails) holds as an error
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
     except FileNotFoundError:
         raise ReferencePhotoError(f"reference photo not found: {path}. Check the path.") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ReferencePhotoError(f"{path} is too large to read safely ({err}). Resize it, e.g. to 4000 px on "
+                                  f"its long side: a face needs a few hundred pixels.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ReferencePhotoError(f"cannot read {path} as an image ({err}). Give a JPEG, PNG, WebP, "
                                   f"BMP or TIFF photo of the person.") from None
@@ -310,11 +315,23 @@ def _the_face(path: Path, image: np.ndarray, encoder: FaceEncoder):
         raise ReferencePhotoError(f"no face found in {path} ({w}×{h} px, {encoder.name} detector). Use a "
                                   f"photo with one clearly visible, roughly frontal face at least ~60 px wide")
     largest = max(faces, key=lambda face: face.area)
-    if len(faces) > 1:
+    # The thorough search stops at its first pass that finds a face, so a smaller second face (found only
+    # by a later, finer pass) is missed; a second search with the found faces painted over finds it.
+    found = len(faces) + (0 if len(faces) > 1 else len(encoder.find_faces(_painted_over(image, faces), thorough=True)))
+    if found > 1:
         bw, bh = largest.box[2] - largest.box[0], largest.box[3] - largest.box[1]
-        warnings.warn(f"{path}: {len(faces)} faces found; using the largest ({bw:.0f}×{bh:.0f} px). "
+        warnings.warn(f"{path}: {found} or more faces found; using the largest ({bw:.0f}×{bh:.0f} px). "
                       f"Crop the photo to the person to be sure.", stacklevel=3)
     return largest
+
+
+def _painted_over(image: np.ndarray, faces: list[Face]) -> np.ndarray:
+    """A copy of `image` [H, W, 3] with each face's box filled with the image's mean colour."""
+    out = image.copy()
+    for face in faces:
+        x0, y0, x1, y1 = np.clip(np.round(face.box).astype(int), 0, None)
+        out[y0:y1, x0:x1] = image.reshape(-1, 3).mean(0).astype(np.uint8)
+    return out
 
 
 def _to_rgb8(img: Image.Image) -> np.ndarray:
