@@ -91,7 +91,8 @@ def test_turning_the_head_scores_within_delta_id_of_facing_the_camera(encoder, v
 
 
 def test_a_small_face_in_a_wide_shot_is_found(encoder, references):
-    # id01_clip.mp4: 320x192, a face about 21 px high; HOG finds it in none of the frames.
+    # id01_clip.mp4: 320x192, a face about 21 px high; HOG finds it in none of the frames. Found, but not
+    # identified: at 21 px dlib's r_id is 0.86 for id01 and 0.83-0.89 for the others, so only presence is pinned.
     clip = media.read_video(str(B.FACES / "id01_clip.mp4"))
     score = R.identity_reward(clip, references("id01", exclude_source="static/images/videos/demo/4.mp4"), encoder)
     assert score.face_hit_rate >= 0.9 and score.reward > 0.8
