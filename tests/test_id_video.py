@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import skimage.data
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_id_videos as B  # noqa: E402
+import face_tracks  # noqa: E402
 import faces as F  # noqa: E402
 import media  # noqa: E402
 import rewards as R  # noqa: E402
@@ -118,6 +120,18 @@ def test_the_search_costs_at_most_three_times_todays_reward(encoder, videos):
     start = time.process_time()
     assert sum(map(bool, encoder.find_video_faces(frames["id01_v1"]))) == 16
     assert time.process_time() - start <= 3 * todays_cost
+
+
+def test_the_neighbour_search_takes_only_a_face_of_the_neighbours_size():
+    # skimage's astronaut: one face, about 90 px, at x 175-265, y 76-166. Where the neighbouring frames had
+    # this face, the search finds it; where they had two 30-px faces spanning the same place, a 90-px face is
+    # not theirs (a face does not grow 3x in a quarter second) and the search returns nothing.
+    image = skimage.data.astronaut()
+    mtcnn = face_tracks.MtcnnDetector()
+    same_size = face_tracks._search_where_the_neighbours_were(image, np.array([[175, 76, 265, 166]], np.float32), mtcnn)
+    assert len(same_size) == 1 and np.allclose(same_size[0], [175, 76, 265, 166], atol=25)
+    small = np.array([[175, 76, 205, 106], [235, 136, 265, 166]], np.float32)  # [2, 4], union = the face
+    assert len(face_tracks._search_where_the_neighbours_were(image, small, mtcnn)) == 0
 
 
 @pytest.fixture(scope="module")
