@@ -72,7 +72,7 @@ def evaluate(model, variants: dict, prompts: list[str], seeds: int, refs, encode
              cache_dir: Path, seed: int = 10_000, clip=None, setup=None, id_frames: int = 16,
              judge=None) -> dict:
     """Generate and score prompts × seeds videos per variant ({name: adapter name or None}); clip: the
-    CLIP for T. Cons., CLIP-T and CLIP-I, judge: the prompt judge for r_sem (rewards.load_judge), each optional.
+    CLIP for T. Cons., CLIP-T and CLIP-I, judge: the prompt judge for r_sem (judges.load_judge), each optional.
 
     Each video's scores are cached as JSON in cache_dir with everything that made them (model, adapter,
     prompt, seed, video size, encoders, `setup`: e.g. the LoRA files' hashes); a cached score is reused
@@ -273,7 +273,7 @@ def main(argv=None) -> Path:
     from faces import ReferencePhotoError, load_references, make_face_encoder
     from prompt_files import person_phrase, read_prompts
     import parallel
-    from rewards import ClipScorer, load_clip, load_judge
+    from judges import ClipScorer, load_clip, load_judge
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)

@@ -42,13 +42,19 @@ class LoraAdapters:
         self._lora_params: list = []   # (name, parameter) of every adapter
 
     def add_lora(self, rank: int, targets: str = "attention", name: str = "default", trainable: bool = True,
-                 alpha: float | None = None) -> None:
-        """Attach a fresh LoRA (B = 0, so the output is unchanged) to the layers of LORA_TARGETS[targets]."""
+                 alpha: float | None = None, seed: int = 0) -> None:
+        """Attach a fresh LoRA (B = 0, so the output is unchanged) to the layers of LORA_TARGETS[targets].
+
+        A is drawn (peft: Kaiming-uniform) from `seed` on a forked RNG: the same seed gives the same LoRA
+        whatever ran before, and the caller's random stream does not move.
+        """
         from peft import LoraConfig
 
         config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(LORA_TARGETS[targets]),
                             init_lora_weights=True)
-        with _several_adapters_expected():
+        device = self.transformer.device  # peft draws A where the layer lives: that device's generator
+        with _several_adapters_expected(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
             self.transformer.add_adapter(config, adapter_name=name)
         self._register_adapter(name, trainable)
 

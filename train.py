@@ -43,7 +43,8 @@ from dpo import BETA, preference_step
 from faces import ID_CALIBRATION, ReferencePhotoError, load_references, make_face_encoder, read_photo
 from model import LORA_TARGETS, HelpFormatter, ModelLoadError, add_model_args, load_model_from_args
 from prompt_files import PromptFileError, person_phrase, read_prompts
-from rewards import ClipScorer, load_judge, score_videos
+from judges import ClipScorer, load_judge
+from rewards import score_videos
 from run import Repository, Run
 from sampling import crop_around_face, select_dynamic_pairs, select_identity_pairs, static_video, summary
 
@@ -187,7 +188,7 @@ def main(argv=None) -> Path:
     # 1. Identity stage: static videos of the photos, then a LoRA that reconstructs them.
     add_static_videos(repo, model, refs, encoder, args, identity_captions, scored_add)
     repo = Repository(repo.root)  # every process sees every static video
-    model.add_lora(args.rank, args.lora_targets, name="default")
+    model.add_lora(args.rank, args.lora_targets, name="default", seed=args.seed)
     statics = [e for e in repo.entries() if e["source"] == "static"]
     optimize(run, "identity", model, args.identity_steps, args.lr, args,
              partial(reconstruction_loss, model, repo, statics, text_cache, args, partial(run.step_seed, "identity")))

@@ -23,6 +23,7 @@ import skimage.data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import faces as F  # noqa: E402
+import judges as J  # noqa: E402
 import rewards as R  # noqa: E402
 
 
@@ -61,7 +62,7 @@ def main():
                      f"{len(video) - 1} pairs + VBench pairs, r_dyn={score.reward:.2f}, dynamic={score.is_dynamic}"))
     if "sem" in wanted:
         t0 = time.perf_counter()
-        clip = R.load_clip(args.clip, args.device) if args.clip else random_clip(args.device)
+        clip = J.load_clip(args.clip, args.device) if args.clip else random_clip(args.device)
         setup = time.perf_counter() - t0
         prompt = "an astronaut walks through a coffee shop"
         seconds, score = timed(lambda: R.prompt_reward(video, prompt, clip), args.repeats)
@@ -111,7 +112,7 @@ def random_clip(device):
     torch.manual_seed(0)
     model = CLIPModel(config).eval().to(device)
     processor = CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=CLIPTokenizer(vocab=vocab, merges=[]))
-    return R.ClipScorer(model, processor, device, "random ViT-B/32")
+    return J.ClipScorer(model, processor, device, "random ViT-B/32")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ sys.path.insert(0, str(REPO))
 import evaluate as E  # noqa: E402
 from model import VideoModel  # noqa: E402
 from faces import load_references, make_face_encoder  # noqa: E402
-from rewards import dynamic_reward, identity_reward, load_clip, load_judge, prompt_reward  # noqa: E402
+from judges import load_clip, load_judge  # noqa: E402
+from rewards import dynamic_reward, identity_reward, prompt_reward  # noqa: E402
 
 PHOTO = REPO / "examples" / "astronaut.jpg"
 SIZE = dict(frames=5, height=64, width=64, steps=2)

@@ -20,6 +20,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import judges as J  # noqa: E402
 import rewards as R  # noqa: E402
 from faces import load_references, make_face_encoder  # noqa: E402
 
@@ -28,7 +29,7 @@ PROMPT = "a sks person surfing a big wave"
 
 @pytest.fixture(scope="module")
 def vlm(tiny_vlm):
-    return R.load_judge(f"vlm:{tiny_vlm}")
+    return J.load_judge(f"vlm:{tiny_vlm}")
 
 
 def random_video(seed, frames=9, height=48, width=80):
@@ -89,13 +90,13 @@ def test_a_spelling_that_extends_another_is_not_counted_twice(vlm):
     tokenizer = vlm.processor.tokenizer
     y, yes_cap = tuple(tokenizer.encode("Y")), tuple(tokenizer.encode("Yes"))
     assert yes_cap[:1] == y and len(yes_cap) == 2              # "Yes" = "Y" + "es"
-    assert R._spellings(tokenizer, ["Y", "Yes", "yes", "yes"]) == [y, tuple(tokenizer.encode("yes"))]
+    assert J._spellings(tokenizer, ["Y", "Yes", "yes", "yes"]) == [y, tuple(tokenizer.encode("yes"))]
 
 
 # ---- the CLIP judge through the same interface -------------------------------------------------------------
 
 def test_clip_judge_is_the_mean_text_frame_cosine(tiny_clip):
-    clip = R.load_judge(f"clip:{tiny_clip}")
+    clip = J.load_judge(f"clip:{tiny_clip}")
     video = np.stack([skimage.data.astronaut()[:400, :400], skimage.data.coffee()[:400, :400]])  # [2, 400, 400, 3]
     score = R.prompt_reward(video, "an astronaut", clip)
     inputs = clip.processor(text=["an astronaut"], images=list(video), return_tensors="pt", padding=True)
@@ -131,17 +132,17 @@ def test_score_videos_names_the_judge_in_every_row(vlm):
 def test_wrong_judge_specs_and_folders_say_what_is_expected(tiny_vlm, tiny_clip, tmp_path):
     for spec in ("clip", "blip:/x", "vlm:"):
         with pytest.raises(ValueError, match="clip:DIR .* vlm:DIR"):
-            R.load_judge(spec)
+            J.load_judge(spec)
     with pytest.raises(FileNotFoundError, match=f"no VLM checkpoint at {tmp_path / 'absent'}.*config.json"):
-        R.load_judge(f"vlm:{tmp_path / 'absent'}")
+        J.load_judge(f"vlm:{tmp_path / 'absent'}")
     with pytest.raises(ValueError, match=f"'clip' checkpoint, not an image-text-to-text VLM.*clip:{tiny_clip}"):
-        R.load_judge(f"vlm:{tiny_clip}")
+        J.load_judge(f"vlm:{tiny_clip}")
     with pytest.raises(ValueError, match=f"'idefics3' checkpoint, not CLIP.*vlm:{tiny_vlm}"):
-        R.load_judge(f"clip:{tiny_vlm}")
+        J.load_judge(f"clip:{tiny_vlm}")
     no_weights, no_template = tmp_path / "no_weights", tmp_path / "no_template"
     shutil.copytree(tiny_vlm, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
     with pytest.raises(FileNotFoundError, match=f"{no_weights} holds no \\*.safetensors"):
-        R.load_judge(f"vlm:{no_weights}")
+        J.load_judge(f"vlm:{no_weights}")
     shutil.copytree(tiny_vlm, no_template, ignore=shutil.ignore_patterns("chat_template.jinja"))
     with pytest.raises(ValueError, match=f"{no_template} has no tokenizer or no chat template"):
-        R.load_judge(f"vlm:{no_template}")
+        J.load_judge(f"vlm:{no_template}")

@@ -166,3 +166,22 @@ def test_same_seed_same_video(wan):
     third, _ = wan.sample(["a person walking"], frames=5, height=32, width=32, steps=2, seed=[8])
     assert first.shape == (1, 5, 32, 32, 3) and latents.shape == (1, 16, 2, 4, 4)
     assert np.array_equal(first, second) and not np.array_equal(first, third)
+
+
+def test_loading_a_model_leaves_the_callers_random_stream_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    VideoModel.from_pretrained("tiny")           # builds seeded random weights, then loads the shipped ones
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_fresh_lora_depends_on_its_seed_only():
+    def lora_a(seed, draws_before):
+        model = VideoModel.from_pretrained("tiny")
+        torch.rand(draws_before)                 # whatever ran before must not matter
+        model.add_lora(4, seed=seed)
+        return torch.cat([p.detach().flatten() for p in model.lora_parameters()])
+
+    assert torch.equal(lora_a(0, 1), lora_a(0, 1000))
+    assert not torch.equal(lora_a(0, 1), lora_a(1, 1))

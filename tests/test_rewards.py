@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo's modules are flat top-level files
 
 import faces as F  # noqa: E402
+import judges as J  # noqa: E402
 import rewards as R  # noqa: E402
 from arcface import InsightFaceEncoder  # noqa: E402
 from faces import ID_CALIBRATION, DlibFaceEncoder, make_face_encoder  # noqa: E402
@@ -334,14 +335,14 @@ def test_vbench_decision_on_real_flow():
 # ---- prompt reward and batches ------------------------------------------------------------------
 
 def test_prompt_reward_is_off_without_clip():
-    score = R.prompt_reward(static_video(ASTRONAUT, 2), "an astronaut", clip=None)
+    score = R.prompt_reward(static_video(ASTRONAUT, 2), "an astronaut", None)
     assert score.reward is None and not score.enabled and "CLIP" in score.reason
 
 
 def test_prompt_reward_with_a_local_clip_checkpoint(tiny_clip, tmp_path):
     torch = pytest.importorskip("torch")
 
-    clip = R.load_clip(tiny_clip)
+    clip = J.load_clip(tiny_clip)
     video = np.stack([ASTRONAUT, cv2.resize(skimage.data.coffee(), (512, 512))])  # [2, 512, 512, 3]
     score = R.prompt_reward(video, "an astronaut", clip)
     inputs = clip.processor(text=["an astronaut"], images=list(video), return_tensors="pt", padding=True)
@@ -353,7 +354,7 @@ def test_prompt_reward_with_a_local_clip_checkpoint(tiny_clip, tmp_path):
     assert score.enabled and score.per_frame == pytest.approx(expected, abs=1e-5)
     assert score.reward == pytest.approx(expected.mean(), abs=1e-5)
     with pytest.raises(FileNotFoundError, match="no CLIP checkpoint"):
-        R.load_clip(tmp_path / "absent")
+        J.load_clip(tmp_path / "absent")
 
 
 def test_score_videos_gives_the_single_video_numbers(astronaut_refs, dlib_encoder):
