@@ -40,8 +40,9 @@ MODEL_PRESETS = {
     "cogvideox-2b": "THUDM/CogVideoX-2b",
     "cogvideox-5b": "THUDM/CogVideoX-5b",
 }
-# GPUs with less memory take the low-memory path by default (VideoModel.enable_low_memory). The default path of
-# a Wan2.1-1.3B run at 81x480x832 peaks near 30 GiB (bench/NOTES.md, "Dress rehearsal"), the low-memory one under 24.
+# GPUs with less memory take the low-memory path by default (VideoModel.enable_low_memory). Measured on an H100 at
+# 81x480x832 (bench/NOTES.md, "Dress rehearsal"): train.py's default path peaks at 25.7 GiB allocated (29.0 reserved),
+# the low-memory one at 17.2 GiB and completes inside a 24 GiB cap.
 LOW_MEMORY_BELOW_GIB = 40
 
 
