@@ -134,7 +134,7 @@ def test_diffusers_own_comfyui_reader_gives_the_same_network(saved_lora):
 
 
 def test_the_comfy_file_beside_it_does_not_change_what_load_lora_reads(saved_lora):
-    targets, folder = saved_lora
+    _, folder = saved_lora
     comfy_lora.write_comfy_lora(folder)
     model = VideoModel.from_pretrained("tiny")
     model.load_lora(str(folder), name="default")
