@@ -123,7 +123,7 @@ def score_video(video: np.ndarray, prompt: str, refs, encoder, fps: float, clip=
             "dynamic_degree": float(dyn.is_dynamic), "temporal_consistency": temporal_consistency(video, clip),
             "clip_t": prompt_reward(video, prompt, clip).reward, "clip_i": clip_image_similarity(video, ref_clip, clip),
             "r_sem": sem.reward, "r_sem_judge": sem.reason, "clip_model": clip.name if clip else NO_CLIP,
-            "id_per_frame": ident.per_frame.tolist(),
+            "id_per_frame": ident.per_frame.tolist(), "id_found": ident.found.tolist(),
             "id_frame_positions": (ident.frames / max(1, len(video) - 1)).tolist(), "id_backend": ident.backend}
 
 
@@ -163,7 +163,8 @@ def bootstrap_ci(values, resamples: int = 2000, seed: int = 0) -> tuple[float, f
 def summarize(rows: list[dict], variants: list[str]) -> dict:
     """{variant: {metric: (mean, low, high) or None when not available, "n": videos, "id_curve": ...}}.
 
-    id_curve: {"position": [S] in [0, 1], "mean", "low", "high": [S]}, the per-frame r_id over prompts × seeds.
+    id_curve: {"position": [S] in [0, 1], "mean", "low", "high": [S]}, the cosine to the reference face at each
+    sampled frame, over the prompts × seeds whose video shows a face there (NaN where none does).
     """
     out = {}
     for name in variants:
@@ -173,8 +174,11 @@ def summarize(rows: list[dict], variants: list[str]) -> dict:
         out[name]["n"] = len(mine)
         out[name]["r_sem_judge"] = mine[0]["r_sem_judge"] if mine else NO_JUDGE   # one judge and CLIP a run
         out[name]["clip_model"] = mine[0]["clip_model"] if mine else NO_CLIP
+        # The curve is identity where the face was found: a frame without one is face presence, not a stranger.
         per_frame = np.array([r["id_per_frame"] for r in mine], float)   # [n, S] (one length: same F per run)
-        bands = [bootstrap_ci(column) for column in per_frame.T] if mine else []  # S × (mean, low, high)
+        found = np.array([r["id_found"] for r in mine], bool)           # [n, S]
+        bands = [bootstrap_ci(column[hit]) if hit.any() else (float("nan"),) * 3
+                 for column, hit in zip(per_frame.T, found.T)] if mine else []  # S × (mean, low, high)
         out[name]["id_curve"] = {"position": mine[0]["id_frame_positions"] if mine else [],
                                  **{k: [band[i] for band in bands] for i, k in enumerate(("mean", "low", "high"))}}
     return out
@@ -191,7 +195,8 @@ def markdown_table(summary: dict, backend: str) -> str:
         cells = [("off ²" if m == "r_sem" else "not available ¹") if metrics[m] is None
                  else "{:.3f} [{:.3f}, {:.3f}]".format(*metrics[m]) for m in METRICS]
         lines.append(f"| {name} | {metrics['n']} | " + " | ".join(cells) + " | not computed ³ |")
-    lines += ["", "Face Sim.: r_id, cosine to the mean reference face (0 where no face). Dyna. Deg.: r_dyn, "
+    lines += ["", "Face Sim.: r_id, mean cosine to the mean reference face over the frames with a face, shrunk toward 0 "
+              "below 50 % face presence (rewards.py). Dyna. Deg.: r_dyn, "
               "top-5 % flow magnitude in px at a 256-px short side; the paper's column (MagicID 14.42) is a flow "
               "magnitude at a scale it does not give: compare models by ratio. VBench dynamic: fraction of videos "
               "VBench calls dynamic. T. Cons., CLIP-T, CLIP-I: CLIP cosines (consecutive frames; prompt and 8 "

@@ -24,11 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fast_sampling  # noqa: E402
 from dpo import preference_step  # noqa: E402
 from published import build_published, environment, peak_gib, print_table, reset_peak, timed_once  # noqa: E402
-from faces import load_references, make_face_encoder  # noqa: E402
+from faces import ID_CALIBRATION, load_references, make_face_encoder  # noqa: E402
 from rewards import score_videos  # noqa: E402
 from sampling import select_dynamic_pairs, select_identity_pairs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+DELTA_ID = ID_CALIBRATION["dlib"].delta_id  # the round scores with dlib on the box's CPU
 
 
 def main():
@@ -79,8 +81,8 @@ def main():
     r_dyn = np.array([s["r_dyn"] for s in scores] + [0.0] * args.videos)
     prompt = np.array(["p"] * 2 * args.videos, dtype=object)
     source = np.array(["initial"] * args.videos + ["static"] * args.videos, dtype=object)
-    seconds, _ = timed_once(lambda: (select_identity_pairs(r_id, r_dyn, prompt, source, delta_id=0.03),
-                                     select_dynamic_pairs(r_id, r_dyn, prompt, source, delta_id=0.03)))
+    seconds, _ = timed_once(lambda: (select_identity_pairs(r_id, r_dyn, prompt, source, delta_id=DELTA_ID),
+                                     select_dynamic_pairs(r_id, r_dyn, prompt, source, delta_id=DELTA_ID)))
     rows.append(["select pairs", f"{seconds * 1000:.1f} ms", "-"])
 
     # 4. N DPO steps on pairs of the generated latents (one pair per step: batch 2).
