@@ -274,13 +274,14 @@ def write_outputs(results: dict, out: Path, backend: str) -> None:
 
 
 def main(argv=None) -> Path:
-    from model import ModelLoadError, add_model_args, load_model_from_args
+    from cli import HelpFormatter, add_model_args, load_model_from_args
+    from model import ModelLoadError
     from faces import ReferencePhotoError, load_references, make_face_encoder
     from prompt_files import person_phrase, read_prompts
     import parallel
     from judges import ClipScorer, load_clip, load_judge
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(parser)
     parser.add_argument("--ref", action="append", required=True,
                         help="photo of the person, or a folder of photos; repeatable (one person per call)")
@@ -323,6 +324,7 @@ def main(argv=None) -> Path:
         clip = load_clip(args.clip, device) if args.clip else judge if isinstance(judge, ClipScorer) else None
         model = load_model_from_args(args)
         model.check_video_size(args.frames, args.height, args.width)
+        model.cache_prompts(prompts + [""])  # low memory: one visit of the text encoder to the GPU
         for name, file in loras.items():
             model.load_lora(str(file.parent), name=name)
     except (ReferencePhotoError, ModelLoadError, FileNotFoundError, ValueError) as error:

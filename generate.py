@@ -21,7 +21,8 @@ import sys
 from tqdm import tqdm
 
 import media
-from model import HelpFormatter, ModelLoadError, add_model_args, load_model_from_args
+from cli import HelpFormatter, add_model_args, load_model_from_args
+from model import ModelLoadError
 from prompt_files import person_phrase, read_prompts
 
 

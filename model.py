@@ -23,7 +23,6 @@ Exports: VideoModel, ModelLoadError, MODEL_PRESETS.
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ import torch
 
 import tiny
 from lora import LORA_FILE, LORA_TARGETS, LoraAdapters, ModelLoadError  # noqa: F401  (re-exported)
+from speedups import SpeedSwitches
 
 # Hub ids of the published checkpoints, by the short names the CLI accepts.
 MODEL_PRESETS = {
@@ -40,12 +40,6 @@ MODEL_PRESETS = {
     "cogvideox-2b": "THUDM/CogVideoX-2b",
     "cogvideox-5b": "THUDM/CogVideoX-5b",
 }
-# GPUs with less memory take the low-memory path by default (VideoModel.enable_low_memory). Measured on an H100 at
-# 81x480x832 (bench/NOTES.md, "Dress rehearsal"): train.py's default path peaks at 25.7 GiB allocated (29.0 reserved),
-# the low-memory one at 17.2 GiB and completes inside a 24 GiB cap.
-LOW_MEMORY_BELOW_GIB = 40
-
-
 @dataclass(frozen=True)
 class VideoDefaults:
     """What a backbone was trained to produce; generate.py and train.py start from these."""
@@ -67,7 +61,7 @@ DEFAULTS = {
 }
 
 
-class VideoModel(LoraAdapters):
+class VideoModel(LoraAdapters, SpeedSwitches):
     """A text-to-video pipeline seen through the five operations above, plus LoRA adapters."""
 
     def __init__(self, pipe, family: str, defaults: VideoDefaults, name: str):
@@ -125,20 +119,6 @@ class VideoModel(LoraAdapters):
             model.enable_low_memory()
         return model
 
-    def enable_low_memory(self) -> None:
-        """Fit a 24 GiB GPU at 81×480×832 (measured: bench/NOTES.md, "Dress rehearsal"). Two things:
-
-        - the text encoder (Wan's UMT5-XXL: 11.4 GB in bf16, more than the transformer's whole training step
-          needs) waits on the CPU and visits the GPU only to encode prompts not seen before; their embeddings
-          are cached, so a run that names its prompts up front (cache_prompts) moves it there once;
-        - the VAE encodes and decodes in overlapping spatial tiles, one video at a time: an 81-frame decode
-          otherwise peaks at 12 GiB. Tiles are blended at their seams, so pixels differ slightly from an untiled decode.
-        """
-        self.low_memory = True
-        self.pipe.text_encoder.to("cpu")
-        self.vae.enable_tiling()
-        self.vae.enable_slicing()
-
     @property
     def device(self) -> torch.device:
         return self.transformer.device
@@ -156,18 +136,6 @@ class VideoModel(LoraAdapters):
             self.cache_prompts(texts)
             return torch.stack([self._prompt_cache[text] for text in texts])
         return self._run_text_encoder(texts)
-
-    def cache_prompts(self, texts: list[str]) -> None:
-        """Low-memory mode: encode the prompts not yet cached, in one visit of the text encoder to the GPU.
-        Otherwise nothing to do: the text encoder lives on the GPU and encodes as prompts come."""
-        new = [text for text in dict.fromkeys(texts) if text not in self._prompt_cache]
-        if not self.low_memory or not new:
-            return
-        self.pipe.text_encoder.to(self.device)
-        for start in range(0, len(new), 8):  # 8 prompts at a time: UMT5-XXL's attention grows with the batch
-            self._prompt_cache.update(zip(new[start:start + 8], self._run_text_encoder(new[start:start + 8])))
-        self.pipe.text_encoder.to("cpu")
-        torch.cuda.empty_cache()  # hand its 11 GB back, not only to torch's cache
 
     @torch.no_grad()
     def _run_text_encoder(self, texts: list[str]) -> torch.Tensor:
@@ -350,33 +318,6 @@ class VideoModel(LoraAdapters):
         spatial, temporal = self.pipe.vae_scale_factor_spatial, self.pipe.vae_scale_factor_temporal
         return channels, (frames - 1) // temporal + 1, height // spatial, width // spatial
 
-    # ------------------------------------------------------------------ speed switches (opt-in)
-
-    def enable_speedups(self, compile_blocks: bool = False, gradient_checkpointing: bool = False,
-                        attention_backend: str | None = None, checkpoint_blocks: int | None = None) -> None:
-        """torch.compile each transformer block, checkpoint activations, or pick diffusers' attention kernel.
-
-        checkpoint_blocks: with gradient_checkpointing, recompute only the first N blocks (None: all).
-        Each block left out saves its recomputation (~1/30 of a forward) and keeps its activations.
-        """
-        if gradient_checkpointing:
-            blocks = getattr(self.transformer, "blocks", None) or self.transformer.transformer_blocks
-            chosen = {id(block) for block in list(blocks)[:checkpoint_blocks]}
-
-            def checkpoint_some(block, *args):
-                if id(block) in chosen:
-                    return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False)
-                return block(*args)
-
-            self.transformer.enable_gradient_checkpointing(checkpoint_some)
-        if attention_backend:
-            self.transformer.set_attention_backend(attention_backend)
-        if compile_blocks:
-            blocks = getattr(self.transformer, "blocks", None) or self.transformer.transformer_blocks
-            for block in blocks:
-                block.compile()
-
-
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """[B] -> [B, 1, 1, ...] broadcastable against `like`, in its dtype and device."""
     return values.to(like.device, like.dtype).view(-1, *[1] * (like.dim() - 1))
@@ -417,54 +358,3 @@ def _load_diffusers_pipeline(name_or_path: str, dtype: torch.dtype, vae_dtype: t
         raise ModelLoadError(
             f"could not load {name_or_path!r}: {error}\nIf this machine is offline, download the model elsewhere and "
             "pass its folder, or use --model tiny (built locally, no download).") from error
-
-
-# ---------------------------------------------------------------------- the CLI's model flags, shared by every script
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Every script's --help: its module docstring as written, and each flag's default unless the help
-    already names it (or there is none to name)."""
-
-    def _get_help_string(self, action):
-        nothing = action.default is None or action.default is False or action.default == [] \
-            or action.default == argparse.SUPPRESS
-        if "default" in (action.help or "") or nothing:
-            return action.help
-        return super()._get_help_string(action)
-
-
-def add_model_args(parser) -> None:
-    """--model/--device/--bf16/--compile/--attention-backend, the same in train.py, generate.py and evaluate.py."""
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", default="wan-1.3b",
-                       help=f"preset ({', '.join(sorted(MODEL_PRESETS))}, tiny, tiny-cogvideox), hub id or local "
-                            "diffusers folder; 'tiny' runs offline on a CPU")
-    group.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
-    group.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                       help="bfloat16 transformer and text encoder (default: on for CUDA, off for CPU)")
-    group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                       help="torch.compile each transformer block (default: on for CUDA: 1.2-1.3x faster on an "
-                            "H100, same output up to bf16 rounding; bench/NOTES.md)")
-    group.add_argument("--attention-backend", default=None,
-                       help="diffusers attention kernel, e.g. flash, _native_cudnn (default: PyTorch SDPA)")
-    group.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=None,
-                       help=f"text encoder on the CPU between uses and a tiled VAE, to fit 24 GiB at 81x480x832 "
-                            f"(default: on for GPUs under {LOW_MEMORY_BELOW_GIB} GiB; bench/NOTES.md)")
-
-
-def load_model_from_args(args, gradient_checkpointing: bool = False, checkpoint_blocks: int | None = None) -> VideoModel:
-    import parallel
-
-    device = args.device or str(parallel.device())  # under accelerate launch: this process's GPU
-    on_gpu = device.startswith("cuda")
-    use_bf16 = args.bf16 if args.bf16 is not None else on_gpu
-    low_memory = args.low_memory if args.low_memory is not None else (
-        on_gpu and torch.cuda.get_device_properties(torch.device(device)).total_memory < LOW_MEMORY_BELOW_GIB * 2**30)
-    model = VideoModel.from_pretrained(args.model, dtype=torch.bfloat16 if use_bf16 else torch.float32, device=device,
-                                       low_memory=low_memory)
-    if low_memory:
-        print("low-memory path: text encoder on the CPU between uses, tiled VAE (--no-low-memory turns it off)")
-    model.enable_speedups(compile_blocks=args.compile if args.compile is not None else on_gpu,
-                          gradient_checkpointing=gradient_checkpointing, checkpoint_blocks=checkpoint_blocks,
-                          attention_backend=args.attention_backend)
-    return model

@@ -41,7 +41,8 @@ import parallel
 import report
 from dpo import BETA, preference_step
 from faces import ID_CALIBRATION, ReferencePhotoError, load_references, make_face_encoder, read_photo
-from model import LORA_TARGETS, HelpFormatter, ModelLoadError, add_model_args, load_model_from_args
+from cli import HelpFormatter, add_model_args, load_model_from_args
+from model import LORA_TARGETS, ModelLoadError
 from prompt_files import PromptFileError, person_phrase, read_prompts
 from judges import ClipScorer, load_judge
 from rewards import score_videos

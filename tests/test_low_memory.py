@@ -5,7 +5,8 @@ import argparse
 
 import torch
 
-from model import VideoModel, add_model_args, load_model_from_args
+from cli import add_model_args, load_model_from_args
+from model import VideoModel
 
 PROMPTS = ["a sks person surfing", "a sks person dancing in the rain", ""]
 

@@ -1,0 +1,67 @@
+"""cli.py — the command-line flags every script shares: which model, on which device, how fast; and --help's look.
+
+train.py, generate.py and evaluate.py take the same model flags (--model, --device, --bf16, --compile,
+--attention-backend, --low-memory) and turn them into a loaded model.VideoModel the same way, with defaults
+that follow the device: bf16, compiled blocks on CUDA, the low-memory path on GPUs under 40 GiB
+(speedups.py). HelpFormatter prints each script's docstring as written and every flag's default.
+
+Exports: add_model_args, load_model_from_args, HelpFormatter.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from model import MODEL_PRESETS, VideoModel
+from speedups import LOW_MEMORY_BELOW_GIB
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Every script's --help: its module docstring as written, and each flag's default unless the help
+    already names it (or there is none to name)."""
+
+    def _get_help_string(self, action):
+        nothing = action.default is None or action.default is False or action.default == [] \
+            or action.default == argparse.SUPPRESS
+        if "default" in (action.help or "") or nothing:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def add_model_args(parser) -> None:
+    """--model/--device/--bf16/--compile/--attention-backend, the same in train.py, generate.py and evaluate.py."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default="wan-1.3b",
+                       help=f"preset ({', '.join(sorted(MODEL_PRESETS))}, tiny, tiny-cogvideox), hub id or local "
+                            "diffusers folder; 'tiny' runs offline on a CPU")
+    group.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    group.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                       help="bfloat16 transformer and text encoder (default: on for CUDA, off for CPU)")
+    group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="torch.compile each transformer block (default: on for CUDA: 1.2-1.3x faster on an "
+                            "H100, same output up to bf16 rounding; bench/NOTES.md)")
+    group.add_argument("--attention-backend", default=None,
+                       help="diffusers attention kernel, e.g. flash, _native_cudnn (default: PyTorch SDPA)")
+    group.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=None,
+                       help=f"text encoder on the CPU between uses and a tiled VAE, to fit 24 GiB at 81x480x832 "
+                            f"(default: on for GPUs under {LOW_MEMORY_BELOW_GIB} GiB; bench/NOTES.md)")
+
+
+def load_model_from_args(args, gradient_checkpointing: bool = False, checkpoint_blocks: int | None = None) -> VideoModel:
+    import parallel
+
+    device = args.device or str(parallel.device())  # under accelerate launch: this process's GPU
+    on_gpu = device.startswith("cuda")
+    use_bf16 = args.bf16 if args.bf16 is not None else on_gpu
+    low_memory = args.low_memory if args.low_memory is not None else (
+        on_gpu and torch.cuda.get_device_properties(torch.device(device)).total_memory < LOW_MEMORY_BELOW_GIB * 2**30)
+    model = VideoModel.from_pretrained(args.model, dtype=torch.bfloat16 if use_bf16 else torch.float32, device=device,
+                                       low_memory=low_memory)
+    if low_memory:
+        print("low-memory path: text encoder on the CPU between uses, tiled VAE (--no-low-memory turns it off)")
+    model.enable_speedups(compile_blocks=args.compile if args.compile is not None else on_gpu,
+                          gradient_checkpointing=gradient_checkpointing, checkpoint_blocks=checkpoint_blocks,
+                          attention_backend=args.attention_backend)
+    return model

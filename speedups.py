@@ -1,0 +1,77 @@
+"""speedups.py — speed and memory, opt-in and visible: every switch that changes how fast or how small, never what.
+
+    compile_blocks           torch.compile each transformer block (1.2-1.3x on an H100; same output up to bf16 rounding)
+    gradient_checkpointing   recompute block activations in backward (the first N blocks: selective)
+    attention_backend        diffusers' attention kernel registry (default: PyTorch SDPA's own choice)
+    low_memory               text encoder on the CPU between its visits, tiled VAE: a 24 GiB GPU at 81x480x832
+
+Each switch is one method of model.VideoModel (this class is its speed half); the CLI turns them on from
+--compile, --grad-checkpointing, --attention-backend and --low-memory (cli.py), with defaults measured on an
+H100 (bench/NOTES.md). The plain path, all off, is the readable default of the code.
+
+Exports: SpeedSwitches, LOW_MEMORY_BELOW_GIB.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# GPUs with less memory take the low-memory path by default (VideoModel.enable_low_memory). Measured on an H100 at
+# 81x480x832 (bench/NOTES.md, "Dress rehearsal"): train.py's default path peaks at 25.7 GiB allocated (29.0 reserved),
+# the low-memory one at 17.2 GiB and completes inside a 24 GiB cap.
+LOW_MEMORY_BELOW_GIB = 40
+
+
+class SpeedSwitches:
+    """The speed and memory methods of model.VideoModel; they use its `pipe`, `transformer`, `vae`, `device`,
+    `low_memory`, `_prompt_cache` and `_run_text_encoder`."""
+
+    def enable_speedups(self, compile_blocks: bool = False, gradient_checkpointing: bool = False,
+                        attention_backend: str | None = None, checkpoint_blocks: int | None = None) -> None:
+        """torch.compile each transformer block, checkpoint activations, or pick diffusers' attention kernel.
+
+        checkpoint_blocks: with gradient_checkpointing, recompute only the first N blocks (None: all).
+        Each block left out saves its recomputation (~1/30 of a forward) and keeps its activations.
+        """
+        if gradient_checkpointing:
+            blocks = getattr(self.transformer, "blocks", None) or self.transformer.transformer_blocks
+            chosen = {id(block) for block in list(blocks)[:checkpoint_blocks]}
+
+            def checkpoint_some(block, *args):
+                if id(block) in chosen:
+                    return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False)
+                return block(*args)
+
+            self.transformer.enable_gradient_checkpointing(checkpoint_some)
+        if attention_backend:
+            self.transformer.set_attention_backend(attention_backend)
+        if compile_blocks:
+            blocks = getattr(self.transformer, "blocks", None) or self.transformer.transformer_blocks
+            for block in blocks:
+                block.compile()
+
+    def enable_low_memory(self) -> None:
+        """Fit a 24 GiB GPU at 81×480×832 (measured: bench/NOTES.md, "Dress rehearsal"). Two things:
+
+        - the text encoder (Wan's UMT5-XXL: 11.4 GB in bf16, more than the transformer's whole training step
+          needs) waits on the CPU and visits the GPU only to encode prompts not seen before; their embeddings
+          are cached, so a run that names its prompts up front (cache_prompts) moves it there once;
+        - the VAE encodes and decodes in overlapping spatial tiles, one video at a time: an 81-frame decode
+          otherwise peaks at 12 GiB. Tiles are blended at their seams, so pixels differ slightly from an untiled decode.
+        """
+        self.low_memory = True
+        self.pipe.text_encoder.to("cpu")
+        self.vae.enable_tiling()
+        self.vae.enable_slicing()
+
+    def cache_prompts(self, texts: list[str]) -> None:
+        """Low-memory mode: encode the prompts not yet cached, in one visit of the text encoder to the GPU.
+        Otherwise nothing to do: the text encoder lives on the GPU and encodes as prompts come."""
+        new = [text for text in dict.fromkeys(texts) if text not in self._prompt_cache]
+        if not self.low_memory or not new:
+            return
+        self.pipe.text_encoder.to(self.device)
+        for start in range(0, len(new), 8):  # 8 prompts at a time: UMT5-XXL's attention grows with the batch
+            self._prompt_cache.update(zip(new[start:start + 8], self._run_text_encoder(new[start:start + 8])))
+        self.pipe.text_encoder.to("cpu")
+        torch.cuda.empty_cache()  # hand its 11 GB back, not only to torch's cache
