@@ -118,7 +118,18 @@ def test_shipped_base_moves_when_its_caption_says_so_and_holds_still_otherwise()
     still = ["a photo of a cat", "a photo of a rocket", "a photo of a horse"]
     videos, _ = model.sample(moving + still, seed=0, steps=12)                 # [6, 9, 128, 128, 3]
     r_dyn = np.array([dynamic_reward(v, model.defaults.fps).reward for v in videos])
-    assert r_dyn[:3].mean() > 2 * r_dyn[3:].mean(), r_dyn  # measured: 10.5 vs 1.9 px (seed 1: 6.4 vs 2.4)
+    assert r_dyn[:3].mean() > 2 * r_dyn[3:].mean(), r_dyn  # first base: 10.5 vs 1.9 px; people base (base_check.py): 9.1 vs 1.05
+
+
+def test_shipped_base_moves_in_the_direction_its_caption_names():
+    model = VideoModel.from_pretrained("tiny")
+    prompts = {"a cat, camera pans left": ("dx", 1), "a cat, camera pans right": ("dx", -1),
+               "a person walks to the left, camera still": ("moving_dx", -1),
+               "a person walks to the right, camera still": ("moving_dx", 1)}
+    videos, _ = model.sample(list(prompts), seed=0, steps=12)                 # [4, 9, 128, 128, 3]
+    for (prompt, (key, sign)), video in zip(prompts.items(), videos):
+        measured = flow.measure_motion(video)[key]
+        assert measured * sign > 0.5, (prompt, measured)  # measured (toyworld/base_check.py): |flow| 0.9-2.1 px/frame
 
 
 def test_shipped_vae_reconstructs_a_face_it_never_saw_better_than_random_weights():
@@ -130,7 +141,9 @@ def test_shipped_vae_reconstructs_a_face_it_never_saw_better_than_random_weights
     photo = data.astronaut()
     encoder = DlibFaceEncoder()
     face = max(encoder.find_faces(photo, thorough=True), key=lambda f: f.area)
-    clip = static_video(crop_around_face(photo, face.box, 1.0, 2.0), 9, 128, 128, jitter=0)[None]  # [1, 9, 128, 128, 3]
+    # framed as the tiny preset frames references (train.py: face_framing 1.5). Measured: the people-tuned VAE
+    # (run 3) finds the face in 9 of 9 frames at 1.5 and 6 of 9 at 2.0 face heights; mean error 0.041 vs 0.045 before.
+    clip = static_video(crop_around_face(photo, face.box, 1.0, 1.5), 9, 128, 128, jitter=0)[None]  # [1, 9, 128, 128, 3]
     errors = {}
     for name, pretrained in (("shipped", True), ("random", False)):
         model = VideoModel(tiny.build_tiny_pipeline("tiny", pretrained=pretrained), "wan", DEFAULTS["tiny"], "tiny")
