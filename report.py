@@ -154,9 +154,12 @@ def _plot_repository(repo, pairs: dict):
         mask = table["source"] == source
         ax.scatter(table["r_id"][mask], table["r_dyn"][mask], s=18, c=color, label=source, zorder=3)
     generated = table["source"] != "static"
+    # With a prompt judge the dynamic rule's frontier is over (r_id, r_dyn, r_sem): circle that one.
+    judged = generated.any() and not np.isnan(table["r_sem"][generated]).any()
+    objectives = ("r_id", "r_dyn", "r_sem") if judged else ("r_id", "r_dyn")
     for prompt in set(table["prompt"][generated]):
         members = np.flatnonzero(generated & (table["prompt"] == prompt))
-        front = members[pareto_frontier(np.stack([table["r_id"][members], table["r_dyn"][members]], 1))]
+        front = members[pareto_frontier(np.stack([table[o][members] for o in objectives], 1))]
         ax.scatter(table["r_id"][front], table["r_dyn"][front], s=70, facecolors="none", edgecolors="k", zorder=4)
     for rule, style in (("identity", ":"), ("dynamic", "-")):
         for winner, loser in pairs.get(rule, {}).get("pairs", []):
@@ -165,7 +168,8 @@ def _plot_repository(repo, pairs: dict):
                 ax.plot([table["r_id"][w], table["r_id"][l]], [table["r_dyn"][w], table["r_dyn"][l]],
                         style, color="green" if rule == "dynamic" else "purple", lw=0.7, alpha=0.6, zorder=2)
     ax.set(xlabel="r_id (identity)", ylabel="r_dyn (motion, px at 256-px side)",
-           title="repository: circles = per-prompt Pareto frontier; purple dotted = identity pairs, green = dynamic")
+           title=f"repository: circles = per-prompt Pareto frontier over ({', '.join(objectives)}); "
+                 "purple dotted = identity pairs, green = dynamic")
     ax.title.set_fontsize(8)
     ax.legend(fontsize=8)
     return fig
