@@ -108,6 +108,8 @@ def test_clip_judge_is_the_mean_text_frame_cosine(tiny_clip):
     assert score.per_frame == pytest.approx(expected, abs=1e-5)
     assert score.reward == pytest.approx(expected.mean(), abs=1e-5)
     assert score.reason == clip.name == f"CLIP {tiny_clip.name}" and score.answer_mass is None
+    with pytest.raises(FileNotFoundError, match="no CLIP checkpoint"):
+        J.load_clip(tiny_clip.parent / "absent")
 
 
 def test_without_a_judge_or_a_prompt_the_reward_is_off_and_says_why(vlm):
