@@ -9,6 +9,9 @@ token the LoRA was trained with (train.py's --token, "sks" by default): "a sks p
 
     python generate.py --model tiny --prompt "a person walking" --out /tmp/g          # offline, CPU
     python generate.py --lora runs/me/magicid_lora --prompt "a sks person surfing"   # Wan2.1-1.3B, GPU
+
+A LoRA from train.py records the base model it was trained on and its token (magicid.json, lora.py):
+with --lora, --model and --token default to those; a run folder stands for its magicid_lora/.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import sys
 from tqdm import tqdm
 
 import media
+from lora import find_lora
 from cli import HelpFormatter, add_model_args, load_model_from_args
 from model import ModelLoadError
 from prompt_files import person_phrase, read_prompts
@@ -29,10 +33,15 @@ from prompt_files import person_phrase, read_prompts
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(parser)
-    parser.add_argument("--lora", default=None, help="LoRA folder from train.py (default: the base model)")
+    # --model's default applies without a LoRA; with one, the base model it records (magicid.json)
+    parser.set_defaults(model=None, model_without_lora=parser.get_default("model"))
+    parser.add_argument("--lora", default=None, help="LoRA folder from train.py, or its run folder; --model and "
+                                                     "--token default to what it was trained with (without a LoRA: "
+                                                     f"--model {parser.get_default('model_without_lora')})")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt; repeat the flag for several")
     parser.add_argument("--prompts", default=None, help="text file, one prompt per line; {person} -> 'a <token> person'")
-    parser.add_argument("--token", default="sks", help="the word the LoRA was trained with (train.py --token)")
+    parser.add_argument("--token", default=None, help="the word the LoRA was trained with (train.py --token; "
+                                                      "default: the LoRA's, else sks)")
     parser.add_argument("--negative-prompt", default="", help="what to steer away from (classifier-free guidance)")
     parser.add_argument("--frames", type=int, default=None, help="frames per video, 4k+1 (default: the model's)")
     parser.add_argument("--height", type=int, default=None, help="pixels, multiple of 16 (default: the model's)")
@@ -47,16 +56,25 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list[str]:
     args = parse_args(argv)
-    try:
-        prompts = list(args.prompt) + (read_prompts(args.prompts, person_phrase(args.token)) if args.prompts else [])
+    try:  # every input checked before the model loads
+        lora, trained = find_lora(args.lora) if args.lora else (None, {})
+        base = trained.get("base_model")
+        if args.model is None:
+            args.model = base or args.model_without_lora
+            if base:
+                print(f"model: {base}, the LoRA's base model", file=sys.stderr)
+        elif base and same_model(args.model) != same_model(base):
+            print(f"warning: the LoRA was trained on {base!r}, not on --model {args.model!r}", file=sys.stderr)
+        token = args.token or trained.get("token", "sks")
+        prompts = list(args.prompt) + (read_prompts(args.prompts, person_phrase(token)) if args.prompts else [])
         if not prompts:
             raise ValueError('give at least one --prompt "..." or a --prompts file')
-    except ValueError as error:
+    except (ValueError, ModelLoadError) as error:
         sys.exit(f"error: {error}")
     try:
         model = load_model_from_args(args)
-        if args.lora:
-            model.load_lora(args.lora, name="default")
+        if lora:
+            model.load_lora(lora, name="default")
     except ModelLoadError as error:
         sys.exit(f"error: {error}")
 
@@ -77,6 +95,12 @@ def main(argv=None) -> list[str]:
         written.append(stem + ".mp4")
     print(f"wrote {len(written)} video(s) to {os.path.abspath(args.out)}")
     return written
+
+
+def same_model(name: str) -> str:
+    """A model name compared as the model it loads: a local folder by its absolute path."""
+    path = os.path.expanduser(name)
+    return os.path.realpath(path) if os.path.isdir(path) else name
 
 
 def slug(text: str, length: int = 48) -> str:

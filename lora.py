@@ -6,20 +6,25 @@ fresh adapter changes nothing). MagicID needs three at once on one network: the 
 model, for the repository's initial videos). peft holds them side by side; `adapter(name)` runs the
 network with exactly one of them active, which is how DPO gets its reference without a second copy
 of the weights. Files are diffusers' LoRA format (pytorch_lora_weights.safetensors), which a stock
-pipeline's load_lora_weights reads.
+pipeline's load_lora_weights reads; beside it, magicid.json records the base model the LoRA belongs to
+(and train.py's --token), so generate.py needs only the LoRA's folder.
 
-Exports: LoraAdapters (VideoModel's adapter half), LORA_TARGETS, LORA_FILE, ModelLoadError.
+Exports: LoraAdapters (VideoModel's adapter half), LORA_TARGETS, LORA_FILE, LORA_INFO_FILE, find_lora,
+check_lora_file, ModelLoadError.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import sys
 import warnings
 
 import torch
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
+LORA_INFO_FILE = "magicid.json"                 # beside it: {"base_model": ..., "token": ...}
 # Which linear layers a LoRA adapts (peft matches module names by suffix; both Wan's and CogVideoX's blocks
 # name them so). Attention alone is the usual recipe for a pretrained video model; the toy world's tiny base,
 # which has never seen a face, learns one only when its feed-forward layers adapt too (toyworld/README.md).
@@ -60,10 +65,7 @@ class LoraAdapters:
 
     def load_lora(self, lora_dir: str, name: str = "default", trainable: bool = False) -> None:
         """Load a LoRA saved by `save_lora` (or any diffusers LoRA for this backbone) as adapter `name`."""
-        path = os.path.join(lora_dir, LORA_FILE)
-        if not os.path.isfile(path):
-            raise ModelLoadError(f"no LoRA at {lora_dir!r}: expected the file {LORA_FILE} there "
-                                 "(a folder written by train.py or save_lora).")
+        check_lora_file(lora_dir)
         try:
             with _several_adapters_expected():
                 self.pipe.load_lora_weights(lora_dir, adapter_name=name)
@@ -71,15 +73,24 @@ class LoraAdapters:
             raise ModelLoadError(f"the LoRA in {lora_dir!r} does not fit model {self.name!r}: {error}") from error
         self._register_adapter(name, trainable)
 
-    def save_lora(self, lora_dir: str, name: str = "default") -> None:
-        """Write adapter `name` in the diffusers format that a stock pipeline's load_lora_weights reads."""
+    def save_lora(self, lora_dir: str, name: str = "default", info: dict | None = None) -> None:
+        """Write adapter `name` in the diffusers format that a stock pipeline's load_lora_weights reads,
+        and LORA_INFO_FILE beside it: the base model (a local folder as an absolute path) and `info`."""
         from peft.utils import get_peft_model_state_dict
+
+        import tiny
+        from model import MODEL_PRESETS  # here, not at the top: model.py imports this file
 
         state = get_peft_model_state_dict(self.transformer, adapter_name=name)
         state = {key: value.detach().float().cpu().contiguous() for key, value in state.items()}
         metadata = self.transformer.peft_config[name].to_dict()
         type(self.pipe).save_lora_weights(lora_dir, transformer_lora_layers=state,
                                           transformer_lora_adapter_metadata=metadata, safe_serialization=True)
+        base = self.name
+        if base not in MODEL_PRESETS and base not in tiny.TINY_PRESETS and os.path.isdir(os.path.expanduser(base)):
+            base = os.path.abspath(os.path.expanduser(base))  # found again from any working directory
+        with open(os.path.join(lora_dir, LORA_INFO_FILE), "w", encoding="utf-8") as handle:
+            json.dump({"base_model": base, **(info or {})}, handle, indent=1)
 
     def lora_parameters(self, name: str = "default") -> list[torch.nn.Parameter]:
         """The parameters of adapter `name`, in a fixed order (optimizers and checkpoints rely on it)."""
@@ -135,6 +146,45 @@ class LoraAdapters:
         # reference adapter for a no-grad forward does not silently change what the optimizer trains.
         for key, p in self._lora_params:
             p.requires_grad_(any(f".{n}." in key for n in self._trainable_adapters))
+
+
+def find_lora(path: str) -> tuple[str, dict]:
+    """A LoRA as a person names it -> (the folder holding its weights, what LORA_INFO_FILE recorded, or {}).
+    A train.py run folder stands for its final LoRA, <run>/magicid_lora (said on stderr)."""
+    final = os.path.join(path, "magicid_lora")
+    if not os.path.isfile(os.path.join(path, LORA_FILE)) and os.path.isfile(os.path.join(final, LORA_FILE)):
+        print(f"--lora {path} is a run folder: using its MagicID LoRA, {final}", file=sys.stderr)
+        path = final
+    check_lora_file(path)
+    info_file = os.path.join(path, LORA_INFO_FILE)
+    if not os.path.isfile(info_file):  # a LoRA from elsewhere, or from before LORA_INFO_FILE
+        return path, {}
+    try:
+        with open(info_file, encoding="utf-8") as handle:
+            return path, dict(json.load(handle))
+    except (OSError, ValueError, TypeError) as error:
+        raise ModelLoadError(f"cannot read {info_file} ({error}): delete it and pass the LoRA's base model "
+                             "with --model") from None
+
+
+def check_lora_file(lora_dir: str) -> None:
+    """Raise ModelLoadError naming the file unless `lora_dir` holds a whole LORA_FILE (its header is read)."""
+    from safetensors import safe_open
+
+    path = os.path.join(lora_dir, LORA_FILE)
+    if not os.path.isfile(path):
+        hint = (f" It looks like a run that has not finished: continue it with train.py --resume, or use "
+                f"{os.path.join(lora_dir, 'identity_lora')}" if os.path.isdir(os.path.join(lora_dir, "identity_lora"))
+                else "")
+        raise ModelLoadError(f"no LoRA at {lora_dir!r}: expected the file {LORA_FILE} there "
+                             f"(a folder written by train.py or save_lora).{hint}")
+    try:
+        with safe_open(path, framework="pt") as handle:
+            handle.keys()
+    except Exception as error:  # safetensors' own error type: a cut or overwritten file
+        raise ModelLoadError(f"{path} is not a readable LoRA file ({error}); it was probably cut short (a full "
+                             "disk, an interrupted copy). Copy it again, or write it again: train.py --resume "
+                             "--out <its run> saves it once more") from None
 
 
 @contextlib.contextmanager

@@ -11,18 +11,24 @@ On disk (all safetensors or JSON: nothing is unpickled):
     <run>/repository/                      every generated or static video: latents, rewards (Repository)
     <run>/<name>_lora/                     finished LoRAs in diffusers format (identity, magicid)
     <run>/log.jsonl                        every logged metric, one JSON object per line
+    <run>/settings.json                    what defines the run (run_settings); a --resume must match it
+    <run>/.lock                            held (flock) by the train.py working in the folder (RunLock)
 Every file is written under a temporary name, fsynced and moved into place (atomic_write, os.replace),
 and state.json is replaced last: a kill leaves the previous consistent state.
 
-Exports: Run, Repository, atomic_write, replacing.
+Exports: Run, RunLock, RunFolderError, run_settings, disk_full, resume_command, Repository, atomic_write,
+replacing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import warnings
 import zlib
@@ -37,10 +43,14 @@ import parallel
 from sampling import SOURCES
 
 
+class RunFolderError(ValueError):
+    """The run folder cannot take this start (in use, finished, another run's); the message says what to do."""
+
+
 class Run:
     """The run folder: where a stage starts (restore), what it leaves (save_checkpoint, finish, log)."""
 
-    def __init__(self, out: str, config: dict, resume: bool):
+    def __init__(self, out: str, config: dict, resume: bool, settings: dict | None = None):
         self.check_out(out, resume)
         self.dir = Path(out)
         state_file = self.dir / "state.json"
@@ -50,14 +60,30 @@ class Run:
             print(f"nothing to resume in {self.dir} yet: starting the run from the beginning")
         parallel.barrier()  # every process has read the state before the main one writes anything
         self.seed = int(config["seed"])
+        self.token = config.get("token")  # recorded with the LoRAs, for generate.py
         self.main = parallel.is_main()  # only the main process writes; the others compute and wait
+        if settings is not None and not (self.dir / SETTINGS_FILE).exists():  # written once, when the run starts
+            self.write_json(SETTINGS_FILE, settings)
         self.write_json("config.json", config)
 
     @staticmethod
-    def check_out(out: str, resume: bool) -> None:
-        """Raise ValueError if `out` cannot take this run (call it before loading anything slow)."""
+    def check_out(out: str, resume: bool, settings: dict | None = None) -> None:
+        """Raise RunFolderError if `out` cannot take this run (call it before loading anything slow):
+        a run is there and no --resume, or the run there was started with other `settings` (run_settings)."""
         if (Path(out) / "state.json").exists() and not resume:
-            raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+            raise RunFolderError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+        stored = Path(out) / SETTINGS_FILE
+        if settings is None or not stored.exists():  # a new run, or one from before settings.json
+            return
+        before = json.loads(stored.read_text())
+        changed = [key for key in settings  # a flag newer than the run is not compared
+                   if key in before and _compared(key, before[key]) != _compared(key, settings[key])]
+        if changed:
+            raise RunFolderError(
+                f"{out} holds a run started with other settings; continuing it with these would mix two runs:\n"
+                + "".join(f"  {_flag(key)}: {_difference(key, before[key], settings[key])}\n" for key in changed)
+                + f"Resume with the settings it was started with (all in {Path(out) / 'config.json'}); or start "
+                  f"this run in a new --out, or in {out} after deleting it.")
 
     # ------------------------------------------------------------------ what a stage needs
 
@@ -77,7 +103,7 @@ class Run:
         final = self.dir / f"{name}_lora"
         partial = self.dir / f".{name}_lora.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        model.save_lora(str(partial), name="default")
+        model.save_lora(str(partial), name="default", info={"token": self.token} if self.token else None)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
         parallel.barrier()
@@ -157,6 +183,107 @@ class Run:
     def _write_state(self) -> None:
         atomic_write(self.dir / "state.json", json.dumps(self.state, indent=1))
 
+
+# ---------------------------------------------------------------------- what defines a run, and who works on it
+
+SETTINGS_FILE = "settings.json"
+# train.py flags that change how a run runs, not what it computes: a --resume may change them. Every other
+# flag defines the run and must match when it resumes (a flag added later too, until it is listed here).
+OPERATIONAL_FLAGS = {"out", "resume", "device", "bf16", "compile", "attention_backend", "low_memory",
+                     "grad_checkpointing", "checkpoint_blocks", "checkpoint_every", "id_model_root"}
+
+
+def run_settings(flags: dict, photos: list, id_backend: str, prompts: dict[str, list[str]]) -> dict:
+    """What defines a run, as settings.json holds it: every flag outside OPERATIONAL_FLAGS, with the photos
+    by content (--ref: name and sha256 of each file, in order), the ID backend that runs (not "auto"),
+    and the prompts as read (not the files' paths): {"prompts": [...], "heldout_prompts": [...]}."""
+    settings = {key: value for key, value in flags.items() if key not in OPERATIONAL_FLAGS}
+    settings["ref"] = [{"file": Path(p).name, "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()}
+                       for p in photos]
+    settings.update(id_backend=id_backend, **prompts)
+    return json.loads(json.dumps(settings))  # as the file holds it: tuples become lists
+
+
+def _compared(key, value):
+    """A photo is the same photo under another name: --ref compares contents only."""
+    return [photo["sha256"] for photo in value] if key == "ref" else value
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _difference(key: str, before, now) -> str:
+    if key == "ref":
+        def show(photos):
+            return ", ".join(f"{photo['file']} (sha256 {photo['sha256'][:12]})" for photo in photos)
+        return f"the photos differ: was {show(before)}, now {show(now)}"
+    if isinstance(before, list) and isinstance(now, list) and key.endswith("prompts"):
+        if len(before) != len(now):
+            return f"was {len(before)} prompts, now {len(now)}"
+        i = next(i for i, (a, b) in enumerate(zip(before, now)) if a != b)
+        return f"prompt {i + 1} was {before[i]!r}, now {now[i]!r}"
+    return f"was {before}, now {now}"
+
+
+class RunLock:
+    """One train.py per run folder: an advisory lock (flock) on <run>/.lock, held while the process lives.
+
+    Only the main process locks; under `accelerate launch` the others follow it, and accelerate stops them
+    all when it exits. A start that fails before the run begins calls abandon(): a folder this start
+    created is removed, so a failed start leaves nothing half-made behind.
+    """
+
+    def __init__(self, out: str):
+        self.dir, self.created, self.handle = Path(out), False, None
+        if not parallel.is_main():
+            return
+        self.created = not self.dir.exists()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            handle = open(self.dir / ".lock", "a+", encoding="utf-8")
+        except OSError as error:  # a file of that name, no permission, ...
+            raise RunFolderError(f"cannot use {out} as the run folder ({error}): choose another --out") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunFolderError(f"{out} is in use by another train.py (process {holder}): wait for it to end, "
+                                 "or stop it and continue with --resume; or give this run another --out") from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")  # named in the message a second train.py gets
+        handle.flush()
+        self.handle = handle
+
+    def abandon(self) -> None:
+        """After a failed start: remove the folder if this start created it, and let it go."""
+        if self.created:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """Whether `error` (or what caused it) is a full disk: OSError ENOSPC, or a library's wrapping of one."""
+    while error is not None:
+        if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def resume_command(argv: list[str], out: str) -> str:
+    """The command that continues a run: the same flags, --out spelled out, and --resume."""
+    argv = [arg for arg in argv if arg != "--resume"]
+    if not any(arg == "--out" or arg.startswith("--out=") for arg in argv):
+        argv += ["--out", out]
+    return shlex.join(["python", "train.py", *argv, "--resume"])
+
+
+# ---------------------------------------------------------------------- the video repository
 
 class Repository:
     """Scored videos on disk, one file each, that survive a crash mid-write.

@@ -46,7 +46,7 @@ from model import LORA_TARGETS, ModelLoadError
 from prompt_files import PromptFileError, person_phrase, read_prompts
 from judges import ClipScorer, load_judge
 from rewards import score_videos
-from run import Repository, Run
+from run import Repository, Run, RunLock, disk_full, resume_command, run_settings
 from sampling import crop_around_face, select_dynamic_pairs, select_identity_pairs, static_video, summary
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
@@ -150,18 +150,38 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> Path:
+    """The command line: train(args), with Ctrl-C and a full disk answered by the command that continues."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    try:
+        return train(args)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: continue with {resume_command(argv, args.out)}", file=sys.stderr)
+        sys.exit(130)
+    except Exception as error:
+        if not disk_full(error):
+            raise
+        sys.exit(f"error: the disk holding {args.out} is full ({error}). Free some space, then continue (the "
+                 f"run keeps what it finished): {resume_command(argv, args.out)}")
+
+
+def train(args) -> Path:
+    """Stages 0-5 on the photos of --ref, in the run folder --out; returns it."""
     # On a CPU, a saturated DPO loss sends gradients into the denormal range, where x86 arithmetic
     # is ~10-100× slower (measured: saturated tiny DPO steps took 1-3 s instead of 0.2 s); zero them instead.
     torch.set_flush_denormal(True)
     person = person_phrase(args.token)
-    try:  # every input checked before anything slow loads
-        Run.check_out(args.out, args.resume)
+    lock = None
+    try:  # every input checked before anything slow loads; a failed start leaves no run folder behind
+        lock = RunLock(args.out)  # one train.py per run folder
         train_prompts = read_prompts(args.prompts, person)[:args.num_prompts]
         heldout_prompts = read_prompts(args.heldout_prompts, person)[:args.eval_prompts]
         identity_captions = read_prompts(PROMPTS_DIR / "identity.txt", person)
         encoder = make_face_encoder(args.id_backend, args.id_model_root)
         refs = load_references(args.ref, encoder)  # 0. References: the person's face, embedded once.
+        settings = run_settings(vars(args), refs.paths, encoder.name,  # a resumed run must match them
+                                {"prompts": train_prompts, "heldout_prompts": heldout_prompts})
+        Run.check_out(args.out, args.resume, settings)  # not a finished run without --resume, nor another run
         if args.sem_floor is not None and not args.judge:
             raise ValueError("--sem-floor needs a prompt judge: add --judge clip:DIR or --judge vlm:DIR")
         judge = load_judge(args.judge, str(parallel.device())) if args.judge else None
@@ -170,9 +190,13 @@ def main(argv=None) -> Path:
         if args.cfg_interval > 1 and not fast_sampling.supports(model):
             raise ValueError(f"--cfg-interval needs a flow-matching (Wan) model; {args.model!r} samples with "
                              "its own pipeline: leave --cfg-interval at 1")
-        run = Run(args.out, config=vars(args), resume=args.resume)
-    except (PromptFileError, ReferencePhotoError, ModelLoadError, FileNotFoundError, ValueError) as error:
-        sys.exit(f"error: {error}")
+        run = Run(args.out, config=vars(args), resume=args.resume, settings=settings)
+    except BaseException as error:
+        if lock is not None:
+            lock.abandon()
+        if isinstance(error, (PromptFileError, ReferencePhotoError, ModelLoadError, FileNotFoundError, ValueError)):
+            sys.exit(f"error: {error}")
+        raise
     delta_id = args.delta_id if args.delta_id is not None else ID_CALIBRATION[encoder.name].delta_id
     run.log("setup", 0, {"id_backend": encoder.describe(), "delta_id": delta_id, "references": len(refs.paths),
                          "prompt_judge": judge.name if judge else "off"})
