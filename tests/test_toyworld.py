@@ -9,6 +9,7 @@ import torch
 from toyworld import motion as flow
 from toyworld import people
 from toyworld import pretrain as pt
+from toyworld import world as toy
 import tiny
 from model import DEFAULTS, VideoModel
 
@@ -16,38 +17,38 @@ SHIPPED = Path(tiny.TINY_WEIGHTS_DIR) / "tiny"
 
 
 def test_every_motion_moves_as_its_caption_says():
-    world = pt.ToyWorld("cpu", seed=3)
+    world = toy.ToyWorld("cpu", seed=3)
     videos, captions, motions = world.batch(45, frames=9, size=128)           # [n, 3, F, H, W]
     assert videos.shape == (45, 3, 9, 128, 128) and videos.min() >= -1 and videos.max() <= 1
-    assert set(motions) == set(pt.MOTIONS)
+    assert set(motions) == set(toy.MOTIONS)
     for caption, motion in zip(captions, motions):
         assert caption.startswith(("a photo of", "a close-up photo of", "a still image of")) == (motion == "still")
-    rate = flow.caption_follow_rate(pt.to_uint8(videos), motions)
+    rate = flow.caption_follow_rate(toy.to_uint8(videos), motions)
     assert rate >= 0.85, f"only {rate:.2f} of the toy world's videos move as captioned"
 
 
 def test_a_leftward_pan_flows_right_and_a_zoom_in_flows_outward():
     rng = np.random.default_rng(0)
-    canvas = torch.rand(1, 3, pt.CANVAS, pt.CANVAS)
+    canvas = torch.rand(1, 3, toy.CANVAS, toy.CANVAS)
     canvas = torch.nn.functional.avg_pool2d(canvas, 9, 1, 4)                   # smooth texture: flow is well defined
     for motion, key, sign in (("camera pans left", "dx", 1), ("camera tilts down", "dy", -1),
                               ("camera zooms in", "zoom", 1)):
-        cams = torch.from_numpy(pt.camera_path(motion, 9, 128, rng)).float()[None]  # [1, F, 3]
-        video = pt.to_uint8(pt.render(canvas, cams, 128))[0]
+        cams = torch.from_numpy(toy.camera_path(motion, 9, 128, rng)).float()[None]  # [1, F, 3]
+        video = toy.to_uint8(toy.render(canvas, cams, 128))[0]
         assert flow.measure_motion(video)[key] * sign > 0, motion
 
 
 def test_no_face_image_is_in_the_pretraining_data():
-    assert not set(pt.NATURAL_IMAGES) & set(pt.FACE_IMAGES)
-    assert "astronaut" in pt.FACE_IMAGES  # the benchmark's identity
+    assert not set(toy.NATURAL_IMAGES) & set(toy.FACE_IMAGES)
+    assert "astronaut" in toy.FACE_IMAGES  # the benchmark's identity
 
 
 def test_rendered_people_have_faces_dlib_finds_at_the_tiny_size():
     from faces import DlibFaceEncoder
 
-    world = people.PeopleWorld(pt.ToyWorld("cpu", seed=11))
+    world = people.PeopleWorld(toy.ToyWorld("cpu", seed=11))
     videos, captions, _ = world.batch(12, frames=3, size=128)                  # [12, 3, 3, 128, 128]
-    frames = pt.to_uint8(videos).reshape(-1, 128, 128, 3)                     # 36 frames
+    frames = toy.to_uint8(videos).reshape(-1, 128, 128, 3)                     # 36 frames
     encoder = DlibFaceEncoder()
     rate = np.mean([bool(encoder.find_faces(f)) for f in frames])
     assert rate >= 0.7, f"dlib finds a face in only {rate:.2f} of rendered frames"  # measured: 0.86 on 12 × 9 frames
@@ -55,9 +56,9 @@ def test_rendered_people_have_faces_dlib_finds_at_the_tiny_size():
 
 
 def test_a_person_walks_the_way_the_caption_says_and_is_captioned_by_what_moves():
-    world = people.PeopleWorld(pt.ToyWorld("cpu", seed=0), person_share=1.0, camera_share=0.0)
+    world = people.PeopleWorld(toy.ToyWorld("cpu", seed=0), person_share=1.0, camera_share=0.0)
     videos, captions, motions = world.batch(10, frames=9, size=128)
-    for video, text, name in zip(pt.to_uint8(videos), captions, motions):
+    for video, text, name in zip(toy.to_uint8(videos), captions, motions):
         assert text.endswith(f"{name}, camera still") and name in people.PERSON_MOTIONS
         if name.startswith("walks"):
             assert flow.follows_caption(name, flow.measure_motion(video)), text
@@ -77,7 +78,7 @@ def test_signed_distances_of_the_people_shapes_match_hand_computed_ones():
 def test_latent_calibration_keeps_reconstructions_and_standardizes_latents():
     pipe = tiny.build_tiny_pipeline("tiny", pretrained=False)
     model = VideoModel(pipe, "wan", DEFAULTS["tiny"], "tiny")
-    world = pt.ToyWorld("cpu", seed=0)
+    world = toy.ToyWorld("cpu", seed=0)
     args = pt.parse_args(["--device", "cpu", "--size", "32", "--frames", "5", "--vae-batch", "8"])
     x, _, _ = world.batch(2, 5, 32)
     with torch.no_grad():

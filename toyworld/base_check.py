@@ -4,7 +4,7 @@ MagicID's claim 2 can only be measured on a base that (a) moves when asked, in t
 (b) holds still when not asked, and (c) draws some person with a face dlib finds, also while moving.
 This samples the base (`--model tiny`, 12 steps, CFG 3, 9 frames at 128²) on fixed prompts and seeds:
 
-  camera motions   every motion of pretrain.MOTIONS on two non-face subjects (a cat, a rocket)
+  camera motions   every motion of world.MOTIONS on two non-face subjects (a cat, a rocket)
   person motions   every motion of people.PERSON_MOTIONS for "a person", camera still, and a person
                    under every camera motion ("a person, camera pans left")
 and reports, each as mean [95 % bootstrap CI] where it is a mean over videos:
@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from toyworld import motion, people, pretrain  # noqa: E402
+from toyworld import motion, people, world  # noqa: E402
 
 SUBJECTS = ("a cat", "a rocket")
 SEEDS = (0, 1)   # per prompt; video seed = seed (model.sample's own)
@@ -50,9 +50,9 @@ def main(argv=None) -> dict:
 
 def base_prompts() -> list[tuple[str, str, bool]]:
     """(prompt, motion, shows a person) for every check, in a fixed order."""
-    rows = [(f"a photo of {s}" if m == "still" else f"{s}, {m}", m, False) for m in pretrain.MOTIONS for s in SUBJECTS]
+    rows = [(f"a photo of {s}" if m == "still" else f"{s}, {m}", m, False) for m in world.MOTIONS for s in SUBJECTS]
     rows += [(f"a person {m}, camera still", m, True) for m in people.PERSON_MOTIONS]
-    rows += [("a photo of a person" if m == "still" else f"a person, {m}", m, True) for m in pretrain.MOTIONS]
+    rows += [("a photo of a person" if m == "still" else f"a person, {m}", m, True) for m in world.MOTIONS]
     return rows
 
 

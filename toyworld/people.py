@@ -6,7 +6,7 @@ random parameters (face shape, skin, hair, eye colour, brows, nose, mouth, glass
 they are nobody in particular, never a real identity. Each frame is a stack of soft-edged shapes,
 painted back to front over a background canvas seen through the toy world's camera:
 
-  pixel (u, v) of frame f  ->  canvas point  p = c_f + h_f·(u, v)             (the camera: pretrain.camera_path)
+  pixel (u, v) of frame f  ->  canvas point  p = c_f + h_f·(u, v)             (the camera: toy.camera_path)
                            ->  person point  q = (p − o_f) / s_f               (head centre o_f, head half-height s_f)
   layer alpha  a = sigmoid(−d(q) / w),   colour ← colour·(1 − a) + layer·a    (d: the shape's signed distance,
                                                                                w: one output pixel in q units)
@@ -17,11 +17,11 @@ computed for all videos × frames × pixels at once in torch, on the device the 
 
 Captions say what moves: "a person walks to the left, camera still", "a person with glasses, camera
 pans left", "a photo of a blond person". "Left" is the viewer's left: a person walking to the left
-moves to −x in the frame (optical flow −x); the camera's directions follow pretrain.camera_path.
+moves to −x in the frame (optical flow −x); the camera's directions follow toy.camera_path.
 
     python toyworld/people.py --videos 64      # dlib's face-hit rate on a fixed seed set, render time, a sheet
 
-Exports: PERSON_MOTIONS, PeopleWorld (batch(n, frames, size) like pretrain.ToyWorld), render_people, main.
+Exports: PERSON_MOTIONS, PeopleWorld (batch(n, frames, size) like toy.ToyWorld), render_people, main.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-from toyworld import pretrain  # noqa: E402
+from toyworld import world as toy  # noqa: E402
 
 PERSON_MOTIONS = ("walks to the left", "walks to the right", "turns their head", "nods", "waves", "talks",
                   "comes closer")
@@ -61,11 +61,11 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cpu")
     p.add_argument("--sheet", default=None, help="PNG path: the middle frame of every video")
     args = p.parse_args(argv)
-    world = PeopleWorld(pretrain.ToyWorld(args.device, seed=args.seed))
+    world = PeopleWorld(toy.ToyWorld(args.device, seed=args.seed))
     start = time.time()
     videos, captions, motions = world.batch(args.videos, args.frames, args.size)
     seconds = time.time() - start
-    frames = pretrain.to_uint8(videos)                                        # [n, F, H, W, 3]
+    frames = toy.to_uint8(videos)                                        # [n, F, H, W, 3]
     encoder = DlibFaceEncoder()
     hits = np.array([[bool(encoder.find_faces(f)) for f in video] for video in frames])  # [n, F]
     per_motion = {m: float(hits[[i for i, x in enumerate(motions) if x == m]].mean()) for m in sorted(set(motions))}
@@ -86,7 +86,7 @@ class PeopleWorld:
     batch(n, frames, size) -> videos [n, 3, F, H, W] in [-1, 1], captions, motions (the person's
     motion, or the camera's when the person stands still, or "still")."""
 
-    def __init__(self, world: "pretrain.ToyWorld", person_share: float = 0.55, camera_share: float = 0.3):
+    def __init__(self, world: "toy.ToyWorld", person_share: float = 0.55, camera_share: float = 0.3):
         self.world, self.rng, self.device = world, world.rng, world.device
         self.person_share, self.camera_share = person_share, camera_share  # the rest: everything still
 
@@ -95,9 +95,9 @@ class PeopleWorld:
         backgrounds = self.world.backgrounds(n)                                  # [n, 3, S, S]
         kind = r.choice(3, n, p=[self.person_share, self.camera_share, 1 - self.person_share - self.camera_share])
         person_motion = [PERSON_MOTIONS[i] if k == 0 else None for k, i in zip(kind, r.integers(0, 7, n))]
-        camera_motion = [pretrain.MOTIONS[i] if k == 1 else "still"
-                         for k, i in zip(kind, r.integers(0, len(pretrain.MOTIONS) - 1, n))]  # all but "still"
-        cams = np.stack([pretrain.camera_path(m, frames, size, r) for m in camera_motion])    # [n, F, 3]
+        camera_motion = [toy.MOTIONS[i] if k == 1 else "still"
+                         for k, i in zip(kind, r.integers(0, len(toy.MOTIONS) - 1, n))]  # all but "still"
+        cams = np.stack([toy.camera_path(m, frames, size, r) for m in camera_motion])    # [n, F, 3]
         looks = [random_look(r) for _ in range(n)]
         poses = np.stack([person_path(m, cam, size, r) for m, cam in zip(person_motion, cams)])  # [n, F, 7]
         videos = render_people(backgrounds, torch.from_numpy(cams).float(), torch.from_numpy(poses).float(),
@@ -121,7 +121,7 @@ def caption(look: dict, person_motion: str | None, camera_motion: str, rng) -> s
         return f"{subject} {person_motion}, camera still"
     if camera_motion != "still":
         return f"{subject}, {camera_motion}"
-    return pretrain.STILL_CAPTIONS[rng.integers(len(pretrain.STILL_CAPTIONS))].format(subject)
+    return toy.STILL_CAPTIONS[rng.integers(len(toy.STILL_CAPTIONS))].format(subject)
 
 
 def made_up_word(rng) -> str:
@@ -194,7 +194,7 @@ def render_people(backgrounds, cams, poses, looks: list[dict], size: int, supers
     dev = backgrounds.device
     cams, poses = cams.to(dev), poses.to(dev)
     side = size * supersample
-    video = (pretrain.render(backgrounds, cams, side) + 1) / 2                # [n, 3, F, side, side] in [0, 1]
+    video = (toy.render(backgrounds, cams, side) + 1) / 2                # [n, 3, F, side, side] in [0, 1]
     # Person coordinates q of every pixel: [n, F, side, side] each.
     u = (torch.arange(side, device=dev) + 0.5) / side * 2 - 1                  # [side]
     cx, cy, half = (cams[..., i, None, None] for i in range(3))               # [n, F, 1, 1]
