@@ -153,3 +153,12 @@ def test_shipped_vae_reconstructs_a_face_it_never_saw_better_than_random_weights
         if pretrained:
             assert encoder.find_faces(recon[0, 4]), "dlib finds no face in the shipped VAE's reconstruction"
     assert errors["shipped"] < 0.5 * errors["random"], errors
+
+
+def test_benchmark_refuses_a_photo_that_does_not_exist(tmp_path):
+    import pytest
+
+    from toyworld import benchmark
+
+    with pytest.raises(SystemExit, match="no such file"):
+        benchmark.main(["--photo", str(tmp_path / "nobody.jpg"), "--out", str(tmp_path / "out")])
