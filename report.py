@@ -33,7 +33,7 @@ SMOOTHING = 9                           # steps in the moving average of the DPO
 def write_report(run_dir: Path, results: dict, repo, log: list[dict], backend: str) -> Path:
     """report.html in run_dir (and evaluate.py's table, CSVs and plots in run_dir/eval); returns its path.
 
-    results: evaluate.evaluate's {"rows", "summary", "sheets"}; repo: the run.Repository the pairs
+    results: evaluate.evaluate's {"rows", "summary", "sheets"}; repo: the repository.Repository the pairs
     came from; log: the run's log.jsonl records ({"stage", "step", metrics...}); backend: the ID encoder.
     """
     run_dir = Path(run_dir)

@@ -4,7 +4,7 @@ MagicID (Li et al., ICCV 2025, §3.2-3.3) learns from pairs (x_w, x_l) that shar
 The pairs come from a repository of videos, each scored with an ID reward r_id and a dynamic
 reward r_dyn (rewards.py): K videos per prompt from the initial model, K from the identity-stage
 (fine-tuned) model, and the static videos (a reference photo repeated over F frames). The repository
-itself, on disk, is run.Repository.
+itself, on disk, is repository.Repository.
 
   Identity pairs (static-first): teach identity while motion is held fixed,
       r_id(w) − r_id(l) ≥ δ_id    and    |r_dyn(w) − r_dyn(l)| ≤ τ_dyn.

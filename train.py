@@ -6,7 +6,7 @@ The stages (METHOD.md steps 0–6), in the order this file runs them; each is re
   1. identity     LoRA on static videos of the photos (self-reconstruction baseline):
                   min E ‖target(x_0, ε, t) − f_θ(x_t, t, "a photo of sks person")‖²  model.denoising_error
   2. repository   K videos per prompt from the initial model (LoRA off) and the identity model (LoRA on),
-                  plus the static videos, each scored with r_id, r_dyn (, r_sem)      run.Repository, rewards
+                  plus the static videos, each scored with r_id, r_dyn (, r_sem)      repository.Repository, rewards
   3. pairs        identity pairs (static-first) and dynamic pairs (Pareto frontier)  sampling.select_*_pairs
   4. DPO          Diffusion-DPO on identity pairs, then on dynamic pairs; the reference is the identity
                   model (a frozen copy of its LoRA, no network copy)                dpo.preference_step
@@ -46,7 +46,8 @@ from model import LORA_TARGETS, ModelLoadError
 from prompt_files import PromptFileError, person_phrase, read_prompts
 from judges import ClipScorer, load_judge
 from rewards import score_videos
-from run import Repository, Run, RunLock, disk_full, resume_command, run_settings
+from repository import Repository
+from run import Run, RunLock, disk_full, resume_command, run_settings
 from sampling import crop_around_face, select_dynamic_pairs, select_identity_pairs, static_video, summary
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"

@@ -34,7 +34,8 @@ import sampling  # noqa: E402
 import train  # noqa: E402
 from dpo import preference_step  # noqa: E402
 from model import VideoModel  # noqa: E402
-from run import Repository, Run  # noqa: E402
+from repository import Repository  # noqa: E402
+from run import Run  # noqa: E402
 
 ASTRONAUT = skimage.data.astronaut()  # uint8 [512, 512, 3], one face of about 87 px at x 179-266, y 83-170
 

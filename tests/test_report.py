@@ -2,7 +2,7 @@
 
 The report is rendered from a small run folder of the shape train.py leaves: evaluation rows as
 evaluate.evaluate makes them (evaluate.score_video of small static videos of the astronaut, scored
-against her photo with dlib; evaluate.summarize), a real run.Repository, a
+against her photo with dlib; evaluate.summarize), a real repository.Repository, a
 pairs_round0.json from the real selection rules, contact sheets from media.contact_sheet and a log
 as Run.log writes it. No model runs: these tests are about the page, not the method.
 """
@@ -29,7 +29,7 @@ import media  # noqa: E402
 import report  # noqa: E402
 import sampling  # noqa: E402
 from faces import load_references, make_face_encoder  # noqa: E402
-from run import Repository  # noqa: E402
+from repository import Repository  # noqa: E402
 
 BACKEND = "dlib (test)"
 VARIANTS = ["base", "identity stage", "MagicID"]

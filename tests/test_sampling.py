@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from run import Repository
+from repository import Repository
 from sampling import (crop_around_face, pareto_frontier, select_dynamic_pairs,
                       select_identity_pairs, static_video, summary)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from run import Repository
+from repository import Repository
 
 REPO = Path(__file__).resolve().parents[1]
 # Small enough for CI (a minute), big enough to cross every stage: static videos, identity LoRA,
