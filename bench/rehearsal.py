@@ -9,6 +9,8 @@ Nobody here can download Wan2.1, but every size, file and loading path can be re
   train      python train.py --model <folder> --ref examples/astronaut.jpg ... with small counts (1 prompt, 2 steps
              of everything), videos at the model's 81 x 480 x 832
   generate   python generate.py --model <folder> --lora <run>/magicid_lora (81 x 480 x 832)
+  lora       (instead of train, to rehearse generate.py alone) a random rank-64 attention LoRA for the folder,
+             saved where train.py would write magicid_lora
 
 Each stage runs in its own process, so its peaks are its own: wall seconds, peak GPU memory (torch's allocator:
 allocated and reserved, GiB), peak host memory (max RSS, GiB). --memory-cap-gib makes every process cap itself
@@ -17,6 +19,7 @@ rewards and pairs mean nothing; the pair thresholds are opened (--tau-dyn, --dyn
 
     python bench/rehearsal.py --out runs/rehearsal --table bench/rehearsal.md                     # GPU, default path
     python bench/rehearsal.py --out runs/rehearsal --stages train,generate --memory-cap-gib 24 --low-memory
+    python bench/rehearsal.py --out runs/rehearsal --stages lora,generate --memory-cap-gib 24 --low-memory
     python bench/rehearsal.py --small --out /tmp/rehearsal      # CPU check of the whole script, toy sizes, ~3 min
 """
 
@@ -50,7 +53,7 @@ SMALL_TRANSFORMER = dict(PUBLISHED_TRANSFORMER, num_attention_heads=2, attention
                          text_dim=32, freq_dim=32)
 SMALL_TEXT_ENCODER = dict(PUBLISHED_TEXT_ENCODER, vocab_size=len(tiny.byte_tokenizer()), d_model=32, d_kv=8, d_ff=64,
                           num_layers=2, num_heads=4, relative_attention_num_buckets=8)
-STAGES = ("build", "train", "generate")
+STAGES = ("build", "train", "generate")  # and "lora", which stands in for train when generate.py is rehearsed alone
 TRAIN_COUNTS = ["--identity-steps", "2", "--dpo-identity-steps", "2", "--dpo-dynamic-steps", "2", "--num-prompts", "1",
                 "--videos-per-prompt", "1", "--static-videos", "1", "--eval-prompts", "1", "--eval-seeds", "1",
                 "--sample-steps", "2", "--checkpoint-every", "1000",
@@ -82,7 +85,7 @@ def main():
     memory = [] if args.low_memory is None else ["--low-memory" if args.low_memory else "--no-low-memory"]
     memory += args.extra.split()
     commands = {
-        "build": [],
+        "build": [], "lora": [str(folder), str(run_dir / "magicid_lora"), *memory],
         "train": ["--ref", str(REPO / "examples" / "astronaut.jpg"), "--model", str(folder), "--out", str(run_dir),
                   "--id-backend", "dlib", *TRAIN_COUNTS, *size, *memory],
         "generate": ["--model", str(folder), "--lora", str(run_dir / "magicid_lora"), "--prompt",
@@ -135,6 +138,8 @@ def run_stage_here(stage: str, argv: list[str], cap_gib: float | None, result_fi
     try:
         if stage == "build":
             build_published_folder(out / "Wan2.1-T2V-1.3B-random", small)
+        elif stage == "lora":
+            write_random_lora(*argv[:2], low_memory="--low-memory" in argv)
         else:
             module = __import__(stage)  # train.py / generate.py from the repository root
             module.main(argv)
@@ -177,6 +182,20 @@ def build_published_folder(folder: Path, small: bool) -> None:
     on_disk = sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / 1e9
     print(f"wrote {folder}: " + ", ".join(f"{k} {v:.3f} B params" for k, v in parameters.items())
           + f"; {on_disk:.1f} GB of safetensors", flush=True)
+
+
+def write_random_lora(folder: str, lora_dir: str, low_memory: bool) -> None:
+    """A LoRA with random (non-zero) weights for the model in `folder`, saved as train.py saves magicid_lora."""
+    from model import VideoModel
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = VideoModel.from_pretrained(folder, dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+                                       device=device, low_memory=low_memory)
+    model.add_lora(64, "attention", seed=0)
+    with torch.no_grad():
+        for p in model.lora_parameters():
+            p.normal_(0, 0.01)  # B too: a LoRA that changes the output, as a trained one does
+    model.save_lora(lora_dir)
 
 
 def split_at_double_dash(argv: list[str]) -> tuple[list[str], list[str]]:
