@@ -196,10 +196,18 @@ def test_winner_and_loser_share_noise_and_timestep(tiny):
 
 def test_reference_gets_no_gradient_and_stays_frozen(tiny):
     model, batch = tiny
-    loss, _ = step(model, batch, generator=draw(0))
-    loss.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.lora_parameters("default"))
-    assert all(p.grad is None and not p.requires_grad for p in model.lora_parameters("reference"))
+    reference_before = [p.detach().clone() for p in model.lora_parameters("reference")]
+    policy_before = [p.detach().clone() for p in model.lora_parameters("default")]
+    optimizer = torch.optim.AdamW(model.lora_parameters("default"), lr=1e-2)  # train.optimize's optimizer
+    for seed in range(2):                                                     # two steps: the policy moves
+        optimizer.zero_grad()
+        loss, _ = step(model, batch, generator=draw(seed))
+        loss.backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.lora_parameters("default"))
+        assert all(p.grad is None and not p.requires_grad for p in model.lora_parameters("reference"))
+        optimizer.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.lora_parameters("reference"), reference_before))
+    assert not all(torch.equal(p, q) for p, q in zip(model.lora_parameters("default"), policy_before))
 
 
 def test_same_seed_same_draw_and_reference_none_is_the_base_model(tiny):
