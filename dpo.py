@@ -25,6 +25,11 @@ import torch.nn.functional as F
 # so the same change in the network moves e_θ more and a smaller β gives a comparable margin.
 # Not yet tuned on Wan by us: read the logged implicit accuracy and reward margin (margin ~ 0
 # for hundreds of steps: β too small; loss near 0 within a few steps: too large) and set --beta.
+# The toy world shows the second failure at 2500 (toyworld/README.md, "Levers tried"): its tiny latents
+# give error gaps of ~0.01-0.1, so β/2 · gap is already 10-100 and 47 of 60 steps of each DPO phase have a
+# loss ≤ 1e-4 (zero gradient after clipping's rounding); at β = 100 no step saturates, the margin rises over
+# the whole phase (0.06 → 4.5) and the implicit accuracy climbs from 0.7 — the gradual regime the loss is
+# meant to work in. So the tiny preset uses 100 (train.PRESETS); the published backbones keep 2500.
 BETA = 2500.0
 
 

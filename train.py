@@ -57,16 +57,16 @@ PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 # tiny: the toy-world base (toyworld/README.md) learns a face it has never seen, and draws it in videos
 # of other prompts, after ~1200 steps at 2e-3 of a LoRA on attention and feed-forward layers; its VAE
 # draws one dlib can find when the face fills the frame (1.5 face heights).
-# DPO at 2e-5: at 2e-4 the loss saturates within ~10 steps and the face is lost (toyworld/README.md).
+# DPO at 2e-5 and β = 100: at 2e-4 or β = 2500 the loss saturates within ~10 steps (toyworld/README.md, dpo.py).
 PRESETS = {
     "tiny": dict(identity_steps=1200, dpo_identity_steps=60, dpo_dynamic_steps=60, lr=2e-3, dpo_lr=2e-5,
                  rank=64, lora_targets="attention+ffn", face_framing=1.5, batch_size=2, videos_per_prompt=4,
                  num_prompts=4, static_videos=4, eval_prompts=3, eval_seeds=3, sample_steps=12, checkpoint_every=50,
-                 grad_checkpointing=False),
+                 grad_checkpointing=False, beta=100.0),
     "published": dict(identity_steps=800, dpo_identity_steps=300, dpo_dynamic_steps=300, lr=1e-4, dpo_lr=1e-5,
                       rank=64, lora_targets="attention", face_framing=3.0, batch_size=1, videos_per_prompt=4,
                       num_prompts=20, static_videos=16, eval_prompts=6, eval_seeds=2, sample_steps=30,
-                      checkpoint_every=100, grad_checkpointing=True),
+                      checkpoint_every=100, grad_checkpointing=True, beta=BETA),
 }
 
 
@@ -137,7 +137,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--max-pairs", type=int, default=None, help="keep at most this many pairs per rule (None: all)")
     r.add_argument("--max-uses", type=int, default=2, help="times one video may appear in dynamic pairs")
     d = p.add_argument_group("preference optimization")
-    d.add_argument("--beta", type=float, default=BETA, help="Diffusion-DPO β (see dpo.py for the choice)")
+    preset_arg(d, "--beta", "Diffusion-DPO β (dpo.py says why these)", type=float)
     d.add_argument("--sft-weight", type=float, default=0.0, help="weight of a denoising loss on winners")
     e = p.add_argument_group("report")
     preset_arg(e, "--eval-prompts", "held-out prompts in the report", type=int)
