@@ -133,6 +133,16 @@ def test_shipped_base_moves_in_the_direction_its_caption_names():
         assert measured * sign > 0.5, (prompt, measured)  # measured (toyworld/base_check.py): |flow| 0.9-2.1 px/frame
 
 
+def test_shipped_base_draws_a_person_whose_face_the_id_reward_finds():
+    from faces import DlibFaceEncoder
+
+    model = VideoModel.from_pretrained("tiny")
+    videos, _ = model.sample(["a sks person, camera zooms in"] * 2, seed=[1, 3])  # the repository's seeds
+    encoder = DlibFaceEncoder()  # the ID reward's search: HOG, then MTCNN, then the neighbouring frames
+    found = [sum(bool(faces) for faces in encoder.find_video_faces(video)) for video in videos]
+    assert min(found) >= 1, found  # measured: 4 and 3 of 9 frames (HOG alone, frame by frame: 0)
+
+
 def test_shipped_vae_reconstructs_a_face_it_never_saw_better_than_random_weights():
     from skimage import data
 
