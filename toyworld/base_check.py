@@ -10,7 +10,9 @@ This samples the base (`--model tiny`, 12 steps, CFG 3, 9 frames at 128²) on fi
 and reports, each as mean [95 % bootstrap CI] where it is a mean over videos:
   follow_rate      videos whose optical flow follows the caption (toyworld/motion.py), per motion too
   direction_rate   the same over the motions whose caption names a direction (pans, tilts, zooms, walks)
-  face_hit_rate    fraction of frames where dlib finds a face, on the person prompts
+  face_hit_rate    fraction of frames where dlib's HOG detector finds a face (find_faces), on the person
+                   prompts; video_face_hit_rate: the same with the rewards' video search (find_video_faces:
+                   HOG, then MTCNN, then the neighbouring frames), what the benchmark's face_hit_rate counts
   r_dyn            rewards.dynamic_reward, px at a 256-px side: person prompts, and "still" prompts
 
     python toyworld/base_check.py                 # ~3 min on a 2-core CPU; runs/toyworld/base_check.json
@@ -73,7 +75,8 @@ def check_base(model=None) -> dict:
                 "prompt": prompt, "motion": motion_name, "person": person, "seed": seed, **flow,
                 "follows": motion.follows_caption(motion_name, flow),
                 "r_dyn": dynamic_reward(video, model.defaults.fps).reward,
-                "face_hits": float(np.mean([bool(encoder.find_faces(frame)) for frame in video])) if person else None})
+                "face_hits": float(np.mean([bool(encoder.find_faces(frame)) for frame in video])) if person else None,
+                "video_face_hits": float(np.mean([bool(f) for f in encoder.find_video_faces(video)])) if person else None})
 
     def ci(values):
         return list(bootstrap_ci(np.asarray(values, float)))
@@ -88,6 +91,7 @@ def check_base(model=None) -> dict:
         "follow_per_motion": {m: float(np.mean(v)) for m, v in per_motion.items()},
         "person_face_hit_rate": ci([r["face_hits"] for r in person]),
         "person_moving_face_hit_rate": ci([r["face_hits"] for r in person if r["motion"] != "still"]),
+        "person_video_face_hit_rate": ci([r["video_face_hits"] for r in person]),
         "person_r_dyn": ci([r["r_dyn"] for r in person if r["motion"] != "still"]),
         "still_r_dyn": ci([r["r_dyn"] for r in videos_rows if r["motion"] == "still"]),
         "moving_r_dyn": ci([r["r_dyn"] for r in videos_rows if r["motion"] != "still"]),
@@ -96,7 +100,7 @@ def check_base(model=None) -> dict:
 
 
 def report(result: dict) -> str:
-    keys = ("follow_rate", "direction_rate", "person_face_hit_rate", "person_moving_face_hit_rate",
+    keys = ("follow_rate", "direction_rate", "person_face_hit_rate", "person_moving_face_hit_rate", "person_video_face_hit_rate",
             "person_r_dyn", "moving_r_dyn", "still_r_dyn")
     lines = [f"- {k}: {result[k][0]:.3f} [{result[k][1]:.3f}, {result[k][2]:.3f}]" for k in keys]
     lines.append("- follows, per motion: " + ", ".join(f"{m} {v:.2f}" for m, v in result["follow_per_motion"].items()))
