@@ -66,6 +66,9 @@ NO_CLIP = "not available (no local CLIP checkpoint: pass --clip DIR or --judge c
 NO_JUDGE = "off (no prompt judge: pass --judge clip:DIR or vlm:DIR)"
 FVD = "not computed (no offline I3D weights)"
 SEED_STRIDE = 100  # video seed = seed + SEED_STRIDE·prompt + s: more --seeds keeps the first ones' videos
+# The definition of a cached row's scores: bump it when one changes, so rows scored the old way are redone
+# (2: r_id over the frames with a face, shrunk below 50 % presence; rows keep id_found).
+SCORING_VERSION = 2
 
 
 def evaluate(model, variants: dict, prompts: list[str], seeds: int, refs, encoder, video: dict,
@@ -85,7 +88,7 @@ def evaluate(model, variants: dict, prompts: list[str], seeds: int, refs, encode
     cache_dir.mkdir(parents=True, exist_ok=True)
     settings = {"model": model.name, "video": video, "id_encoder": encoder.describe(), "references": refs.paths,
                 "id_frames": id_frames, "clip": clip.name if clip else None, "setup": setup,
-                "judge": judge.name if judge else None}
+                "judge": judge.name if judge else None, "scoring": SCORING_VERSION}
     ref_clip = reference_clip_embeddings(refs.paths, clip)   # [N, D], or None without CLIP
     rows, sheets = [], {}
     jobs = [(name, adapter, p, s) for name, adapter in variants.items()
