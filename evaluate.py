@@ -46,7 +46,6 @@ import argparse
 import csv
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -56,6 +55,7 @@ from tqdm import tqdm
 import media
 from faces import read_photo
 from rewards import dynamic_reward, identity_reward, prompt_reward
+from run import atomic_write
 
 COLUMNS = {"r_id": "Face Sim. ↑", "face_hit_rate": "face hit rate", "r_dyn": "Dyna. Deg. ↑ (r_dyn, px)",
            "dynamic_degree": "VBench dynamic ↑", "temporal_consistency": "T. Cons. ↑", "clip_t": "CLIP-T ↑",
@@ -106,9 +106,8 @@ def evaluate(model, variants: dict, prompts: list[str], seeds: int, refs, encode
                                  judge, ref_clip)}
             if s == 0:
                 media.write_png(str(stem.with_suffix(".png")), media.contact_sheet(videos[0]))
-            partial = stem.with_suffix(".json.partial")  # written whole or not at all: a kill here is resumable
-            partial.write_text(json.dumps({"key": key, "row": row}))
-            os.replace(partial, stem.with_suffix(".json"))
+            # written whole or not at all: a kill here is resumable
+            atomic_write(stem.with_suffix(".json"), json.dumps({"key": key, "row": row}))
         rows.append(row)
         if s == 0 and p == 0:
             sheets[name] = str(stem.with_suffix(".png"))

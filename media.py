@@ -15,19 +15,19 @@ import imageio.v3 as iio
 import numpy as np
 from PIL import Image
 
+from run import replacing
+
 
 def write_video(path: str, video: np.ndarray, fps: int) -> None:
     """video: uint8 [F, H, W, 3] -> an mp4 (or gif) at `path`, written atomically."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    root, ext = os.path.splitext(path)
-    partial = f"{root}.partial{ext}"
-    if ext == ".mp4":
-        # yuv420p plays everywhere; macro_block_size 1 keeps odd sizes exact instead of resizing them.
-        iio.imwrite(partial, video, fps=fps, codec="libx264", plugin="FFMPEG", macro_block_size=1,
-                    pixelformat="yuv420p", quality=8)
-    else:
-        iio.imwrite(partial, video, duration=1000 / fps, loop=0)
-    os.replace(partial, path)
+    with replacing(path) as partial:  # the temporary name keeps the suffix: imageio picks the format from it
+        if partial.suffix == ".mp4":
+            # yuv420p plays everywhere; macro_block_size 1 keeps odd sizes exact instead of resizing them.
+            iio.imwrite(partial, video, fps=fps, codec="libx264", plugin="FFMPEG", macro_block_size=1,
+                        pixelformat="yuv420p", quality=8)
+        else:
+            iio.imwrite(partial, video, duration=1000 / fps, loop=0)
 
 
 def read_video(path: str) -> np.ndarray:

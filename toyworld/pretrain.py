@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 import tiny  # noqa: E402
 from model import DEFAULTS, VideoModel  # noqa: E402
+from run import replacing  # noqa: E402
 
 from toyworld.world import ToyWorld  # noqa: E402
 
@@ -325,8 +326,8 @@ def save(pipe, components, out: str) -> None:
         # clone: the text encoder ties its embedding to `shared`, and safetensors stores no shared tensors
         state = {k: v.detach().float().cpu().clone() for k, v in getattr(pipe, name).state_dict().items()}
         path = os.path.join(out, f"{name}.safetensors")
-        save_file(state, path + ".partial")
-        os.replace(path + ".partial", path)
+        with replacing(path) as partial:
+            save_file(state, str(partial))
 
 
 class Log:
