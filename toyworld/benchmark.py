@@ -125,24 +125,25 @@ def evaluate_run(ref: Path, run_dir: Path) -> dict[str, list[dict]]:
     """The three models of a finished run on the held-out prompts: at 9 frames (train.py's own
     evaluation, read back from its cache), at LONG_FRAMES, and on the person-motion prompts at 9
     frames (both generated here, cached beside it). Returns {"9" | "long" | "people": rows}."""
-    from model import VideoModel
     from faces import load_references, make_face_encoder
+    from model import VideoModel
+    from prompt_files import person_phrase, read_prompts
 
     encoder = make_face_encoder("dlib")
     refs = load_references([ref], encoder)
     model = VideoModel.from_pretrained("tiny")
     model.load_lora(str(run_dir / "identity_lora"), name="reference")
     model.load_lora(str(run_dir / "magicid_lora"), name="default")
-    person = "a sks person"
-    prompts = train.read_prompts(HELDOUT_PROMPTS, person)
     config = json.loads((run_dir / "config.json").read_text())
+    person = person_phrase(config["token"])  # the phrase the run trained with
+    prompts = read_prompts(HELDOUT_PROMPTS, person)
     common = dict(prompts=prompts, seeds=EVAL_SEEDS, refs=refs, encoder=encoder, seed=SEED + 10_000)
     video = dict(frames=None, height=None, width=None, steps=config["sample_steps"])
     short = evaluate.evaluate(model, VARIANTS, video=video, cache_dir=run_dir / "eval", **common)
     long = evaluate.evaluate(model, VARIANTS, video={**video, "frames": LONG_FRAMES},
                                cache_dir=run_dir / f"eval_{LONG_FRAMES}f", **common)
     moving = evaluate.evaluate(model, VARIANTS, video=video, cache_dir=run_dir / "eval_people",
-                               **{**common, "prompts": train.read_prompts(HELDOUT_PEOPLE, person)})
+                               **{**common, "prompts": read_prompts(HELDOUT_PEOPLE, person)})
     return {"9": short["rows"], "long": long["rows"], "people": moving["rows"]}
 
 

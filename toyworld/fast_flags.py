@@ -29,7 +29,7 @@ from evaluate import bootstrap_ci  # noqa: E402
 from model import VideoModel  # noqa: E402
 from faces import load_references, make_face_encoder  # noqa: E402
 from rewards import score_videos  # noqa: E402
-from train import read_prompts  # noqa: E402
+from prompt_files import person_phrase, read_prompts  # noqa: E402
 
 REWARDS = ("r_id", "face_hit_rate", "r_dyn")
 
@@ -52,7 +52,7 @@ def main(argv=None) -> str:
     model = VideoModel.from_pretrained(config["model"])
     encoder = make_face_encoder(config["id_backend"], config["id_model_root"])
     refs = load_references(config["ref"], encoder)
-    prompts = read_prompts(config["prompts"], f"a {config['token']} person")[:config["num_prompts"]]
+    prompts = read_prompts(config["prompts"], person_phrase(config["token"]))[:config["num_prompts"]]
     all_prompts = [q for q in prompts for _ in range(args.seeds)]
     seeds = [20_000 + 100 * i + s for i in range(len(prompts)) for s in range(args.seeds)]  # not train.py's seeds
     model.load_lora(str(run / "identity_lora"), name="identity")
