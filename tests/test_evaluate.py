@@ -231,6 +231,10 @@ def test_id_curve_follows_a_face_that_fades():
     assert curve["mean"][0] > 0.9 and np.isnan(curve["mean"][-1]) and row["id_found"][-1] is False
     np.testing.assert_array_equal(curve["low"], curve["mean"])   # one video: nothing to resample
     np.testing.assert_array_equal(curve["high"], curve["mean"])
+    # A second video without any face does not halve the curve: it is identity where a face is.
+    faceless = {**row, "id_per_frame": [0.0] * 5, "id_found": [False] * 5}
+    both = E.summarize([row, faceless], ["fading"])["fading"]["id_curve"]
+    assert both["mean"][0] == pytest.approx(row["id_per_frame"][0])
 
 
 def test_temporal_consistency_is_the_mean_cosine_of_consecutive_clip_embeddings(tiny_clip):
