@@ -182,3 +182,16 @@ def test_contact_sheet_rows_are_balanced_and_in_reading_order(frames, max_frames
     shown = cells[cells > 0] - 10                                   # reading order: row by row
     picks = np.linspace(0, frames - 1, min(max_frames, frames)).round().astype(int)
     assert shown.tolist() == picks.tolist() and (rows, columns) == (len(row_lengths), row_lengths[0])
+
+
+@pytest.mark.parametrize("judged", [False, True])
+def test_the_scatter_circles_the_frontier_the_dynamic_rule_uses(tmp_path, judged):
+    # One prompt, two generated videos: B is dominated in (r_id, r_dyn) but not once r_sem counts.
+    repo = Repository(tmp_path)
+    for seed, (r_id, r_dyn, r_sem) in enumerate([(0.9, 5.0, 0.1), (0.5, 2.0, 0.9)]):
+        rewards = {"r_id": r_id, "r_dyn": r_dyn, "r_sem": r_sem if judged else None}
+        repo.add(torch.zeros(4, 1, 2, 2), "a sks person waves", "initial", rewards, seed=seed)
+    fig = report._plot_repository(repo, {})
+    frontier = [c for c in fig.axes[0].collections if len(c.get_facecolor()) == 0]  # the hollow circles
+    assert sum(len(c.get_offsets()) for c in frontier) == (2 if judged else 1)
+    assert ("r_sem" in fig.axes[0].get_title()) == judged
