@@ -43,7 +43,8 @@ def add_model_args(parser) -> None:
                        help="torch.compile each transformer block (default: on for CUDA: 1.2-1.3x faster on an "
                             "H100, same output up to bf16 rounding; bench/NOTES.md)")
     group.add_argument("--attention-backend", default=None,
-                       help="diffusers attention kernel, e.g. flash, _native_cudnn (default: PyTorch SDPA)")
+                       help="fa4 (FlashAttention-4, attention.py), sdpa (PyTorch), or a diffusers kernel name such as "
+                            "_native_cudnn (default: fa4 on SM90+ GPUs where flash-attn-4 is installed, else sdpa)")
     group.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=None,
                        help=f"text encoder on the CPU between uses and a tiled VAE, to fit 24 GiB at 81x480x832 "
                             f"(default: on for GPUs under {LOW_MEMORY_BELOW_GIB} GiB; bench/NOTES.md)")

@@ -1,20 +1,24 @@
 """speedups.py — speed and memory, opt-in and visible: every switch that changes how fast or how small, never what.
 
     compile_blocks           torch.compile each transformer block (1.2-1.3x on an H100; same output up to bf16 rounding)
-    gradient_checkpointing   recompute block activations in backward (the first N blocks: selective)
-    attention_backend        diffusers' attention kernel registry (default: PyTorch SDPA's own choice)
+    gradient_checkpointing   recompute block activations in backward (the first N blocks)
+    keep_attention           ... but keep each checkpointed block's attention output: recompute only the cheap parts
+    attention_backend        "fa4" (attention.py: FlashAttention-4, the CUDA default on SM90+ when installed),
+                             "sdpa" (PyTorch's own choice), or any name of diffusers' attention registry
     low_memory               text encoder on the CPU between its visits, tiled VAE: a 24 GiB GPU at 81x480x832
 
 Each switch is one method of model.VideoModel (this class is its speed half); the CLI turns them on from
 --compile, --grad-checkpointing, --attention-backend and --low-memory (cli.py), with defaults measured on an
 H100 (bench/NOTES.md). The plain path, all off, is the readable default of the code.
 
-Exports: SpeedSwitches, LOW_MEMORY_BELOW_GIB.
+Exports: SpeedSwitches, keep_attention_outputs, LOW_MEMORY_BELOW_GIB.
 """
 
 from __future__ import annotations
 
 import torch
+
+import attention  # defines torch.ops.magicid.flash_attention
 
 # GPUs with less memory take the low-memory path by default (VideoModel.enable_low_memory). Measured on an H100 at
 # 81x480x832 (bench/NOTES.md, "Dress rehearsal"): train.py's default path peaks at 25.7 GiB allocated (29.0 reserved),
@@ -22,33 +26,73 @@ import torch
 LOW_MEMORY_BELOW_GIB = 40
 
 
+# The attention operators whose outputs selective checkpointing keeps: ours (attention.py) and PyTorch SDPA's kernels.
+ATTENTION_OPS = {torch.ops.magicid.flash_attention.default, torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+                 torch.ops.aten._scaled_dot_product_flash_attention.default,
+                 torch.ops.aten._scaled_dot_product_efficient_attention.default,
+                 torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default}
+
+
+def _save_attention(ctx, op, *args, **kwargs):
+    if op in ATTENTION_OPS:
+        return torch.utils.checkpoint.CheckpointPolicy.MUST_SAVE
+    return torch.utils.checkpoint.CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def keep_attention_outputs():
+    """torch.utils.checkpoint context_fn of selective checkpointing: save attention, recompute everything else."""
+    return torch.utils.checkpoint.create_selective_checkpoint_contexts(_save_attention)
+
+
 class SpeedSwitches:
     """The speed and memory methods of model.VideoModel; they use its `pipe`, `transformer`, `vae`, `device`,
     `low_memory`, `_prompt_cache` and `_run_text_encoder`."""
 
     def enable_speedups(self, compile_blocks: bool = False, gradient_checkpointing: bool = False,
-                        attention_backend: str | None = None, checkpoint_blocks: int | None = None) -> None:
-        """torch.compile each transformer block, checkpoint activations, or pick diffusers' attention kernel.
+                        attention_backend: str | None = None, checkpoint_blocks: int | None = None,
+                        keep_attention: bool = False) -> None:
+        """torch.compile each transformer block, checkpoint activations, or pick the attention kernel.
 
         checkpoint_blocks: with gradient_checkpointing, recompute only the first N blocks (None: all).
         Each block left out saves its recomputation (~1/30 of a forward) and keeps its activations.
+        keep_attention: checkpointed blocks keep their attention outputs (O and lse, ~86 MB a block for a 33-frame
+        pair) and recompute only projections, norms and FFN: the backward reruns no attention forward.
+        attention_backend: None picks FlashAttention-4 on SM90+ GPUs where it is installed, else PyTorch SDPA.
         """
         if gradient_checkpointing:
             blocks = getattr(self.transformer, "blocks", None) or self.transformer.transformer_blocks
             chosen = {id(block) for block in list(blocks)[:checkpoint_blocks]}
+            context_fn = keep_attention_outputs if keep_attention else torch.utils.checkpoint.noop_context_fn
+
+            def checkpoint_block(block, *args):
+                return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False,
+                                                         context_fn=context_fn)
+
+            if compile_blocks:  # the checkpoint inside the compiled graph, so the compiler sees what to save
+                checkpoint_block = torch.compile(checkpoint_block)
 
             def checkpoint_some(block, *args):
-                if id(block) in chosen:
-                    return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False)
-                return block(*args)
+                return checkpoint_block(block, *args) if id(block) in chosen else block(*args)
 
             self.transformer.enable_gradient_checkpointing(checkpoint_some)
-        if attention_backend:
-            self.transformer.set_attention_backend(attention_backend)
+        self._set_attention(attention_backend)
         if compile_blocks:
             blocks = getattr(self.transformer, "blocks", None) or self.transformer.transformer_blocks
             for block in blocks:
                 block.compile()
+
+    def _set_attention(self, backend: str | None) -> None:
+        """FlashAttention-4 when asked or by default on a GPU that runs it (else SDPA, saying why), or a
+        diffusers registry name."""
+        if backend in (None, "fa4"):
+            reason = attention.flash_attention_4_unavailable(self.device)
+            if reason is None:
+                attention.use_flash_attention_4(self.transformer)
+                return
+            if backend == "fa4" or torch.device(self.device).type == "cuda":
+                print(f"attention: PyTorch SDPA ({reason})")
+        elif backend != "sdpa":
+            self.transformer.set_attention_backend(backend)
 
     def enable_low_memory(self) -> None:
         """Fit a 24 GiB GPU at 81×480×832 (measured: bench/NOTES.md, "Dress rehearsal"). Two things:
