@@ -17,12 +17,26 @@ difference is in bench/NOTES.md):
     cfg_interval=k  run the unconditional branch only every k-th step and reuse the last guidance
                     direction d = v(x, t, c) − v(x, t, c_neg) in between:  v_t = v(x_t, t, c) + (g − 1)·d
 
+    cache=...       one of diffusers' own cache hooks (diffusers.hooks) on the transformer, which skip
+                    blocks whose output they expect to barely change and reuse a cached residual instead:
+                    "first-block:δ"  FirstBlockCache: run block 1; if its residual moved less than δ (relative
+                                     mean |Δ|) since the last full forward, add the cached residual of blocks 2..N
+                    "sea:δ"          SeaCache: the same skip, gated by the spectrally filtered input's change
+                    "taylorseer:k"   TaylorSeer (lite): a full forward every k-th step after 3 warm-up steps, in
+                                     between the output extrapolated to first order from the last two full ones
+                    The hooks keep state across steps, so each video is denoised alone (the skip decision is
+                    per batch: batched, a video would depend on its neighbours) from a reset state, inside
+                    transformer.cache_context with the step index and σ the pipeline would pass.
+                    block_evaluations(model) counts the blocks that really ran, the work a hook saves.
+
 Flow-matching backbones only (Wan); supports(model) says whether a model can use it. Callers use
-model.sample(..., cfg_interval=k): it draws the noise and encodes the prompts, then calls sample_latents.
-Exports: sample_latents, supports.
+model.sample(..., cfg_interval=k, cache=...): it draws the noise and encodes the prompts, then calls sample_latents.
+Exports: sample_latents, supports, cache_config, block_evaluations.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -34,21 +48,82 @@ def supports(model) -> bool:
 
 @torch.no_grad()
 def sample_latents(model, text_emb: torch.Tensor, negative_emb: torch.Tensor, noise: torch.Tensor,
-                   steps: int | None = None, guidance: float | None = None, cfg_interval: int = 1) -> torch.Tensor:
+                   steps: int | None = None, guidance: float | None = None, cfg_interval: int = 1,
+                   cache=None) -> torch.Tensor:
     """Denoise `noise` [B, C, f, h, w] under prompts text_emb [B, L, D] -> latents [B, C, f, h, w] (fp32).
 
     negative_emb: [1, L, D] (one negative prompt for all) or [B, L, D]. steps/guidance default to the
-    model's. cfg_interval > 1 is the lossy fast mode described above.
+    model's. cfg_interval > 1 and cache (a string for cache_config or a diffusers cache config) are the
+    lossy fast mode described above; they do not combine (the hooks' state wants one batch shape a step).
     """
     if not supports(model):
         raise ValueError(f"fast_sampling runs flow-matching backbones (Wan); use model.sample for {model.name!r}")
     if cfg_interval < 1:
         raise ValueError(f"cfg_interval must be >= 1, got {cfg_interval}")
+    if cache is not None and cfg_interval > 1:
+        raise ValueError("choose cfg_interval or a cache hook, not both")
     steps = steps or model.defaults.steps
     guidance = model.defaults.guidance if guidance is None else guidance
     B = noise.shape[0]
     text_emb = text_emb.to(model.device, model.dtype)
     negative_emb = negative_emb.to(model.device, model.dtype).expand(B, -1, -1)
+    if cache is None:
+        return _denoise(model, text_emb, negative_emb, noise, steps, guidance, cfg_interval)
+    transformer = model.transformer
+    transformer.enable_cache(cache_config(cache) if isinstance(cache, str) else cache)
+    try:
+        videos = []
+        for b in range(B):                                              # one video at a time, each from a fresh state
+            transformer._reset_stateful_cache()                         # what WanPipeline does after every call
+            videos.append(_denoise(model, text_emb[b:b + 1], negative_emb[b:b + 1], noise[b:b + 1], steps, guidance,
+                                   cfg_interval, cached=True))
+        return torch.cat(videos)
+    finally:
+        transformer._reset_stateful_cache()
+        transformer.disable_cache()
+
+
+def cache_config(spec: str):
+    """"first-block:0.05" | "sea:0.25" | "taylorseer:2" -> the diffusers cache config it names."""
+    from diffusers.hooks import FirstBlockCacheConfig, SeaCacheConfig, TaylorSeerCacheConfig
+
+    kind, _, value = spec.partition(":")
+    try:
+        if kind == "first-block":
+            return FirstBlockCacheConfig(threshold=float(value))
+        if kind == "sea":
+            return SeaCacheConfig(threshold=float(value))
+        if kind == "taylorseer":  # lite: every block skipped between full forwards, the output head extrapolated
+            return TaylorSeerCacheConfig(cache_interval=int(value), use_lite_mode=True,
+                                         taylor_factors_dtype=torch.float32)
+    except ValueError:
+        pass
+    raise ValueError(f"cache {spec!r} not understood: use first-block:<threshold, e.g. 0.05>, sea:<threshold, "
+                     "e.g. 0.25> or taylorseer:<full forward every k steps, e.g. 2>")
+
+
+@contextmanager
+def block_evaluations(model):
+    """Count transformer blocks that really ran, one per block per batch row: yields a dict {"blocks": n}.
+
+    A Wan block's feed-forward runs only when the block is computed (the cache hooks replace whole blocks),
+    so it is counted there. Lossless CFG sampling of one video: 2 rows × steps × num_layers.
+    """
+    count = {"blocks": 0}
+
+    def counted(module, args, output):
+        count["blocks"] += args[0].shape[0]                             # args[0]: [rows, tokens, D]
+
+    handles = [block.ffn.register_forward_hook(counted) for block in model.transformer.blocks]
+    try:
+        yield count
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _denoise(model, text_emb, negative_emb, noise, steps, guidance, cfg_interval, cached=False) -> torch.Tensor:
+    """The sampling loop: noise [B, C, f, h, w] -> latents [B, C, f, h, w] (fp32)."""
     both_emb = torch.cat([text_emb, negative_emb])                       # [2B, L, D]: cond rows, then uncond
     scheduler = type(model.pipe.scheduler).from_config(model.pipe.scheduler.config)  # fresh state per call
     scheduler.set_timesteps(steps, device=model.device)
@@ -56,14 +131,18 @@ def sample_latents(model, text_emb: torch.Tensor, negative_emb: torch.Tensor, no
     direction = None                                                    # last v(c) − v(c_neg)
     for i, t in enumerate(scheduler.timesteps):
         x = latents.to(model.dtype)
-        if guidance <= 1.0:                                             # the stock pipeline's rule: no CFG at g ≤ 1
-            velocity = _predict(model, x, t, text_emb)
-        elif i % cfg_interval == 0:
-            cond, uncond = _predict(model, torch.cat([x, x]), t, both_emb).chunk(2)
-            direction = cond - uncond
-            velocity = uncond + guidance * direction                    # the pipeline's formula, in its dtype
-        else:
-            velocity = _predict(model, x, t, text_emb) + (guidance - 1) * direction
+        # The hooks read the step and σ from the context, as WanPipeline passes them (one name: one batch shape).
+        context = model.transformer.cache_context("cfg", step_index=i, sigma=float(scheduler.sigmas[i]),
+                                                  num_inference_steps=steps) if cached else nullcontext()
+        with context:
+            if guidance <= 1.0:                                         # the stock pipeline's rule: no CFG at g ≤ 1
+                velocity = _predict(model, x, t, text_emb)
+            elif i % cfg_interval == 0:
+                cond, uncond = _predict(model, torch.cat([x, x]), t, both_emb).chunk(2)
+                direction = cond - uncond
+                velocity = uncond + guidance * direction                # the pipeline's formula, in its dtype
+            else:
+                velocity = _predict(model, x, t, text_emb) + (guidance - 1) * direction
         latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
     return latents.float()
 

@@ -262,13 +262,14 @@ class VideoModel(LoraAdapters, SpeedSwitches):
     @torch.no_grad()
     def sample(self, prompts: list[str], frames: int | None = None, height: int | None = None,
                width: int | None = None, steps: int | None = None, guidance: float | None = None,
-               seed: int | list[int] = 0, negative_prompt: str = "", cfg_interval: int = 1, progress: bool = False):
+               seed: int | list[int] = 0, negative_prompt: str = "", cfg_interval: int = 1, cache=None,
+               progress: bool = False):
         """Generate one video per prompt with the active adapters.
 
         `seed` is one int (video i uses seed + i) or one seed per prompt; the same seed gives the
         same video on the same device. cfg_interval = 1 runs the stock diffusers pipeline (exact);
-        k > 1 is fast_sampling.py's lossy fast mode (the unconditional branch every k-th step;
-        flow-matching backbones only). Returns (videos uint8 [B, F, H, W, 3], latents [B, C, f, h, w] on the CPU).
+        k > 1 or a `cache` hook ("first-block:0.05", see fast_sampling.cache_config) is fast_sampling.py's
+        lossy fast mode (flow-matching backbones only). Returns (videos uint8 [B, F, H, W, 3], latents [B, C, f, h, w] on the CPU).
         """
         d = self.defaults
         frames, height, width = frames or d.frames, height or d.height, width or d.width
@@ -276,11 +277,11 @@ class VideoModel(LoraAdapters, SpeedSwitches):
         _check_video_shape((len(prompts), frames, height, width, 3), self.family)
         noise = self.initial_noise(seed, len(prompts), frames, height, width)  # [B, C, f, h, w]
         text_emb = self.encode_prompt(prompts)                                  # [B, L, D]
-        if cfg_interval > 1:
+        if cfg_interval > 1 or cache is not None:
             import fast_sampling
 
             latents = fast_sampling.sample_latents(self, text_emb, self.encode_prompt([negative_prompt]), noise,
-                                                   steps, guidance, cfg_interval)
+                                                   steps, guidance, cfg_interval, cache)
         else:
             latents = self._pipeline_latents(text_emb, self.encode_prompt([negative_prompt] * len(prompts)), noise,
                                              frames, height, width, steps, guidance, progress)
