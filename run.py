@@ -12,11 +12,12 @@ On disk (all safetensors or JSON: nothing is unpickled):
     <run>/<name>_lora/                     finished LoRAs in diffusers format (identity, magicid)
     <run>/log.jsonl                        every logged metric, one JSON object per line
     <run>/settings.json                    what defines the run (run_settings); a --resume must match it
+    <run>/timings.json                     wall seconds of each stage of this start (StageTimer)
     <run>/.lock                            held (flock) by the train.py working in the folder (RunLock)
 Every file is written under a temporary name, fsynced and moved into place (atomic_write, os.replace),
 and state.json is replaced last: a kill leaves the previous consistent state.
 
-Exports: Run, RunLock, RunFolderError, run_settings, disk_full, resume_command, atomic_write,
+Exports: Run, RunLock, RunFolderError, StageTimer, run_settings, disk_full, resume_command, atomic_write,
 replacing.
 """
 
@@ -30,6 +31,7 @@ import json
 import os
 import shlex
 import shutil
+import time
 import zlib
 from pathlib import Path
 
@@ -46,9 +48,12 @@ class RunFolderError(ValueError):
 class Run:
     """The run folder: where a stage starts (restore), what it leaves (save_checkpoint, finish, log)."""
 
-    def __init__(self, out: str, config: dict, resume: bool, settings: dict | None = None):
+    def __init__(self, out: str, config: dict, resume: bool, settings: dict | None = None,
+                 timer: StageTimer | None = None):
         self.check_out(out, resume)
         self.dir = Path(out)
+        self.timer = timer or StageTimer()  # its rows so far, and every later one, go to <run>/timings.json
+        self.timer.path = self.dir / "timings.json"
         state_file = self.dir / "state.json"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state = json.loads(state_file.read_text()) if state_file.exists() else {"done": [], "latest": {}}
@@ -178,6 +183,41 @@ class Run:
 
     def _write_state(self) -> None:
         atomic_write(self.dir / "state.json", json.dumps(self.state, indent=1))
+
+
+class StageTimer:
+    """Wall seconds of each stage: the time a user waits, stage by stage (bench/time_to_lora.py extrapolates a
+    full run from a reduced one with them). Each `with timer(stage, units):` block adds a row
+        {"stage", "units": videos or steps it did, "seconds", "started": epoch seconds}
+    to `path` (rewritten after every block; a resumed run's file holds its own start only). CUDA runs ahead of
+    the host, so the GPU is synchronized at both ends: a stage is charged its own work, not its predecessor's."""
+
+    def __init__(self):
+        self.rows, self.path, self.start = [], None, time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str, units: int = 1):
+        start, started = _synchronized_clock(), time.time()
+        yield
+        self.rows.append({"stage": stage, "units": units, "seconds": _synchronized_clock() - start, "started": started})
+        if self.path is not None and parallel.is_main():
+            atomic_write(self.path, json.dumps(self.rows, indent=1))
+
+    def table(self) -> str:
+        """The rows summed per stage, and the wall time since the timer was made (the rest: saving, startup)."""
+        totals = {}
+        for row in self.rows:
+            seconds, units = totals.get(row["stage"], (0.0, 0))
+            totals[row["stage"]] = (seconds + row["seconds"], units + row["units"])
+        lines = [f"{'stage':<26} {'units':>6} {'seconds':>9}"]
+        lines += [f"{stage:<26} {units:>6} {seconds:>9.1f}" for stage, (seconds, units) in totals.items()]
+        return "\n".join(lines + [f"{'wall time so far':<26} {'':>6} {time.perf_counter() - self.start:>9.1f}"])
+
+
+def _synchronized_clock() -> float:
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 # ---------------------------------------------------------------------- what defines a run, and who works on it

@@ -14,7 +14,7 @@ The stages (METHOD.md steps 0–6), in the order this file runs them; each is re
 
 Every training stage is the same loop, `optimize` below: per step, the batch's losses are backpropagated
 one item at a time, gradients summed (over processes too), clipped, one AdamW step, a checkpoint every
---checkpoint-every steps.
+--checkpoint-every steps. Each stage's wall seconds go to <run>/timings.json (run.StageTimer), each step's to the log.
 
     python train.py --ref me.jpg --model tiny --out runs/tiny        # offline, CPU, a few minutes
     python train.py --ref me.jpg --ref me2.jpg --out runs/me         # Wan2.1-1.3B on one 80 GB GPU
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from prompt_files import PromptFileError, person_phrase, read_prompts
 from judges import ClipScorer, load_judge
 from rewards import score_videos
 from repository import Repository
-from run import Run, RunLock, disk_full, resume_command, run_settings
+from run import Run, RunLock, StageTimer, disk_full, resume_command, run_settings
 from sampling import crop_around_face, select_dynamic_pairs, select_identity_pairs, static_video, summary
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
@@ -172,7 +173,7 @@ def train(args) -> Path:
     # is ~10-100× slower (measured: saturated tiny DPO steps took 1-3 s instead of 0.2 s); zero them instead.
     torch.set_flush_denormal(True)
     person = person_phrase(args.token)
-    lock = None
+    lock, timer = None, StageTimer()  # wall seconds of every stage: <run>/timings.json, a table at the end
     try:  # every input checked before anything slow loads; a failed start leaves no run folder behind
         lock = RunLock(args.out)  # one train.py per run folder
         train_prompts = read_prompts(args.prompts, person)[:args.num_prompts]
@@ -185,13 +186,14 @@ def train(args) -> Path:
         Run.check_out(args.out, args.resume, settings)  # not a finished run without --resume, nor another run
         if args.sem_floor is not None and not args.judge:
             raise ValueError("--sem-floor needs a prompt judge: add --judge clip:DIR or --judge vlm:DIR")
-        judge = load_judge(args.judge, str(parallel.device())) if args.judge else None
-        model = load_model_from_args(args, args.grad_checkpointing, args.checkpoint_blocks)
+        with timer("model load"):
+            judge = load_judge(args.judge, str(parallel.device())) if args.judge else None
+            model = load_model_from_args(args, args.grad_checkpointing, args.checkpoint_blocks)
         model.check_video_size(args.frames, args.height, args.width)
         if args.cfg_interval > 1 and not fast_sampling.supports(model):
             raise ValueError(f"--cfg-interval needs a flow-matching (Wan) model; {args.model!r} samples with "
                              "its own pipeline: leave --cfg-interval at 1")
-        run = Run(args.out, config=vars(args), resume=args.resume, settings=settings)
+        run = Run(args.out, config=vars(args), resume=args.resume, settings=settings, timer=timer)
     except BaseException as error:
         if lock is not None:
             lock.abandon()
@@ -204,7 +206,8 @@ def train(args) -> Path:
     repo = Repository(run.dir / "repository")
     video = dict(frames=args.frames, height=args.height, width=args.width, steps=args.sample_steps)
     text_cache = TextCache(model)
-    model.cache_prompts(identity_captions + train_prompts + heldout_prompts + [""])  # low memory: one text-encoder visit
+    with timer("text encoder"):  # low memory: one text-encoder visit
+        model.cache_prompts(identity_captions + train_prompts + heldout_prompts + [""])
 
     def scored_add(videos, latents, prompts, source, seeds):
         rows = score_videos(videos, prompts, refs, encoder, judge, fps=model.defaults.fps, progress=False)
@@ -212,26 +215,30 @@ def train(args) -> Path:
             repo.add(z, prompt, source, row, seed, video=clip)
 
     # 1. Identity stage: static videos of the photos, then a LoRA that reconstructs them.
-    add_static_videos(repo, model, refs, encoder, args, identity_captions, scored_add)
+    with timer("static videos", args.static_videos):
+        add_static_videos(repo, model, refs, encoder, args, identity_captions, scored_add)
     repo = Repository(repo.root)  # every process sees every static video
     model.add_lora(args.rank, args.lora_targets, name="default", seed=args.seed)
     statics = [e for e in repo.entries() if e["source"] == "static"]
-    optimize(run, "identity", model, args.identity_steps, args.lr, args,
-             partial(reconstruction_loss, model, repo, statics, text_cache, args, partial(run.step_seed, "identity")))
+    with timer("identity", args.identity_steps):
+        optimize(run, "identity", model, args.identity_steps, args.lr, args,
+                 partial(reconstruction_loss, model, repo, statics, text_cache, args, partial(run.step_seed, "identity")))
     run.save_stage_lora(model, "identity")
 
     # 2-4. Repository, pairs, preference optimization; later rounds regenerate with the current model.
     model.load_lora(str(run.dir / "identity_lora"), name="reference", trainable=False)
     model.set_adapter("default")
     for round_index in range(args.rounds):
-        repo = build_repository(repo, model, train_prompts, round_index, args, video, scored_add)
-        pairs = select_pairs(repo, args, delta_id, judged=judge is not None)
+        repo = build_repository(repo, model, train_prompts, round_index, args, video, scored_add, timer)
+        with timer("pairs"):
+            pairs = select_pairs(repo, args, delta_id, judged=judge is not None)
         run.write_json(f"pairs_round{round_index}.json", pairs)
         for rule in ("identity", "dynamic"):
             stage, chosen = f"dpo_{rule}_round{round_index}", pairs[rule]
             steps = getattr(args, f"dpo_{rule}_steps") if chosen["pairs"] else 0
-            optimize(run, stage, model, steps, args.dpo_lr, args,
-                     partial(dpo_loss_of_pair, model, repo, chosen, text_cache, args, partial(run.step_seed, stage)))
+            with timer(stage, steps):
+                optimize(run, stage, model, steps, args.dpo_lr, args,
+                         partial(dpo_loss_of_pair, model, repo, chosen, text_cache, args, partial(run.step_seed, stage)))
         if round_index + 1 < args.rounds:  # online: the next round's reference is this round's result
             copy_adapter(model, "default", "reference")
     run.save_stage_lora(model, "magicid")
@@ -244,12 +251,14 @@ def train(args) -> Path:
         model.load_lora(str(run.dir / "identity_lora"), name="identity", trainable=False)
         variants["identity stage"] = "identity"
     if parallel.is_main():  # the other processes are done: their LoRA is the main one's
-        results = evaluate.evaluate(model, variants, heldout_prompts, args.eval_seeds, refs, encoder, video,
-                                    cache_dir=run.dir / "eval", seed=args.seed + 10_000, judge=judge,
-                                    clip=judge if isinstance(judge, ClipScorer) else None)  # CLIP-T needs a CLIP
+        with timer("evaluation videos", len(variants) * len(heldout_prompts) * args.eval_seeds):
+            results = evaluate.evaluate(model, variants, heldout_prompts, args.eval_seeds, refs, encoder, video,
+                                        cache_dir=run.dir / "eval", seed=args.seed + 10_000, judge=judge,
+                                        clip=judge if isinstance(judge, ClipScorer) else None)  # CLIP-T needs a CLIP
         model.set_adapter("default")
-        path = report.write_report(run.dir, results, repo, run.read_log(), encoder.describe())
-        print(f"MagicID LoRA: {run.dir / 'magicid_lora'}\nreport: {path}")
+        with timer("report"):
+            path = report.write_report(run.dir, results, repo, run.read_log(), encoder.describe())
+        print(f"{timer.table()}\nMagicID LoRA: {run.dir / 'magicid_lora'}\nreport: {path}")
     return run.dir
 
 
@@ -276,6 +285,7 @@ def optimize(run: Run, stage: str, model, steps: int, lr: float, args, item_loss
     rank, world = parallel.rank_and_world()
     for step in tqdm(range(start, steps), desc=stage, unit="step", initial=start, total=steps,
                      disable=not parallel.is_main()):
+        step_start = time.perf_counter()  # the last step's .tolist() waited for the GPU: the clock starts clean
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / max(1, args.warmup))
         optimizer.zero_grad(set_to_none=False)
@@ -292,7 +302,8 @@ def optimize(run: Run, stage: str, model, steps: int, lr: float, args, item_loss
         means = torch.stack([totals[k] for k in keys]).to(params[0].device)  # [metrics], float64
         parallel.sum_across([means])
         logged = dict(zip(keys, (means / args.batch_size).tolist()))      # the step's one device -> host copy
-        run.log(stage, step, {**logged, "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm.item()})
+        run.log(stage, step, {**logged, "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm.item(),
+                              "seconds": time.perf_counter() - step_start})  # the first step's holds compiling
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == steps:
             run.save_checkpoint(stage, step + 1, params, optimizer)
     run.finish(stage)
@@ -334,7 +345,7 @@ def reconstruction_loss(model, repo, statics, text_cache, args, step_seed, step,
 
 # ---------------------------------------------------------------------- stages 2-4: repository, pairs, DPO
 
-def build_repository(repo, model, prompts, round_index, args, video, scored_add):
+def build_repository(repo, model, prompts, round_index, args, video, scored_add, timer):
     """K videos per prompt from the initial model (no LoRA) and from the current one; skip what exists.
 
     Jobs are (source, prompt) batches of K seeds, spread over processes (parallel.shard); each video
@@ -348,9 +359,10 @@ def build_repository(repo, model, prompts, round_index, args, video, scored_add)
         seeds = [s for s in all_seeds if not repo.has(prompt, source, s)]
         if not seeds:
             continue
-        with model.adapter(adapter):
+        with model.adapter(adapter), timer("repository videos", len(seeds)):  # sampling and the VAE decode
             videos, latents = model.sample([prompt] * len(seeds), seed=seeds, cfg_interval=args.cfg_interval, **video)
-        scored_add(videos, latents, [prompt] * len(seeds), source, seeds)
+        with timer("repository scoring", len(seeds)):
+            scored_add(videos, latents, [prompt] * len(seeds), source, seeds)
     parallel.barrier()
     return Repository(repo.root)  # re-read: the other processes' videos are on disk now
 

@@ -95,6 +95,24 @@ def test_the_first_dpo_step_compares_the_policy_with_the_identity_lora_itself(wh
     assert record["loss_dpo"] == pytest.approx(math.log(2), abs=1e-6)
 
 
+def test_every_stage_is_timed_once_in_order_with_its_units(whole_run):
+    # timings.json (bench/time_to_lora.py's input): one row per stage, and per repository batch of
+    # --videos-per-prompt videos (2 sources x 2 prompts); the blocks follow each other without overlapping.
+    rows = json.loads((whole_run / "timings.json").read_text())
+    batches = [("repository videos", 3), ("repository scoring", 3)] * 4
+    assert [(r["stage"], r["units"]) for r in rows] == [
+        ("model load", 1), ("text encoder", 1), ("static videos", 2), ("identity", 8), *batches, ("pairs", 1),
+        ("dpo_identity_round0", 4), ("dpo_dynamic_round0", 4), ("evaluation videos", 3), ("report", 1)]
+    assert all(r["seconds"] >= 0 for r in rows)
+    for before, after in zip(rows, rows[1:]):
+        assert after["started"] >= before["started"] + before["seconds"] - 0.01, (before, after)
+    # every training step's seconds are in the log, and add up to no more than its stage's
+    for stage in ("identity", "dpo_identity_round0", "dpo_dynamic_round0"):
+        steps = [r["seconds"] for r in read_log(whole_run) if r["stage"] == stage]
+        row = next(r for r in rows if r["stage"] == stage)
+        assert len(steps) == row["units"] and all(s >= 0 for s in steps) and sum(steps) <= row["seconds"]
+
+
 def wait_for_first_checkpoint(out: Path, stage: str, process, timeout=600) -> None:
     """Return as soon as state.json names a checkpoint of `stage` (it is written after the checkpoint)."""
     deadline = time.monotonic() + timeout
