@@ -3,9 +3,11 @@
     compile_blocks           torch.compile each transformer block (1.2-1.3x on an H100; same output up to bf16 rounding)
     gradient_checkpointing   recompute block activations in backward (the first N blocks)
     keep_attention           ... but keep each checkpointed block's attention output: recompute only the cheap parts
-    attention_backend        "fa4" (attention.py: FlashAttention-4, the CUDA default on SM90+ when installed),
-                             "sdpa" (PyTorch's own choice), or any name of diffusers' attention registry
+    attention_backend        "fa4" (attention.py: FlashAttention-4; cli.py's default on GPUs, SDPA where it cannot
+                             run), "sdpa" (PyTorch's own choice), or any name of diffusers' attention registry
     low_memory               text encoder on the CPU between its visits, tiled VAE: a 24 GiB GPU at 81x480x832
+    fp8                      the blocks' frozen linear weights in float8 (fp8.py): the one switch that changes
+                             results (by FP8 rounding), so a run records it (run.py) and it stays off by default
 
 Each switch is one method of model.VideoModel (this class is its speed half); the CLI turns them on from
 --compile, --grad-checkpointing, --attention-backend and --low-memory (cli.py), with defaults measured on an
@@ -15,6 +17,8 @@ Exports: SpeedSwitches, keep_attention_outputs, LOW_MEMORY_BELOW_GIB.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -39,9 +43,8 @@ def _save_attention(ctx, op, *args, **kwargs):
     return torch.utils.checkpoint.CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def keep_attention_outputs():
-    """torch.utils.checkpoint context_fn of selective checkpointing: save attention, recompute everything else."""
-    return torch.utils.checkpoint.create_selective_checkpoint_contexts(_save_attention)
+# torch.utils.checkpoint's context_fn for selective checkpointing: save attention, recompute everything else
+keep_attention_outputs = functools.partial(torch.utils.checkpoint.create_selective_checkpoint_contexts, _save_attention)
 
 
 class SpeedSwitches:
@@ -57,16 +60,20 @@ class SpeedSwitches:
         Each block left out saves its recomputation (~1/30 of a forward) and keeps its activations.
         keep_attention: checkpointed blocks keep their attention outputs (O and lse, ~86 MB a block for a 33-frame
         pair) and recompute only projections, norms and FFN: the backward reruns no attention forward.
-        attention_backend: None picks FlashAttention-4 on SM90+ GPUs where it is installed, else PyTorch SDPA.
+        attention_backend: "fa4", "sdpa" or a diffusers registry name (None: leave it; cli.py picks fa4 on GPUs).
         """
         if gradient_checkpointing:
             blocks = getattr(self.transformer, "blocks", None) or self.transformer.transformer_blocks
             chosen = {id(block) for block in list(blocks)[:checkpoint_blocks]}
-            context_fn = keep_attention_outputs if keep_attention else torch.utils.checkpoint.noop_context_fn
-
             def checkpoint_block(block, *args):
+                return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False)
+
+            def checkpoint_block_keeping_attention(block, *args):  # a module-level context_fn: torch.compile needs one
                 return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False,
-                                                         context_fn=context_fn)
+                                                         context_fn=keep_attention_outputs)
+
+            if keep_attention:
+                checkpoint_block = checkpoint_block_keeping_attention
 
             if compile_blocks:  # the checkpoint inside the compiled graph, so the compiler sees what to save
                 checkpoint_block = torch.compile(checkpoint_block)
@@ -82,17 +89,33 @@ class SpeedSwitches:
                 block.compile()
 
     def _set_attention(self, backend: str | None) -> None:
-        """FlashAttention-4 when asked or by default on a GPU that runs it (else SDPA, saying why), or a
-        diffusers registry name."""
-        if backend in (None, "fa4"):
+        """"fa4" (FlashAttention-4, or PyTorch SDPA with the reason when it cannot run here), "sdpa", or a name
+        from diffusers' attention registry; None leaves the attention as it is."""
+        if backend == "fa4":
             reason = attention.flash_attention_4_unavailable(self.device)
             if reason is None:
                 attention.use_flash_attention_4(self.transformer)
-                return
-            if backend == "fa4" or torch.device(self.device).type == "cuda":
+            else:
                 print(f"attention: PyTorch SDPA ({reason})")
-        elif backend != "sdpa":
+                self.transformer.reset_attention_backend()
+        elif backend == "sdpa":
+            self.transformer.reset_attention_backend()
+        elif backend is not None:
             self.transformer.set_attention_backend(backend)
+
+    def enable_fp8(self, fast_accumulation: bool = False) -> None:
+        """Store the transformer blocks' frozen linear weights in float8_e4m3 and run their matmuls on FP8 tensor
+        cores (fp8.py): half the weight memory, outputs within FP8 rounding of bf16 (bench/bench_fp8.py).
+        LoRA adapters added before or after stay in their own dtype; LoRA files never hold a base weight."""
+        import fp8
+
+        reason = fp8.fp8_unsupported(self.device, self.dtype)
+        if reason:
+            raise ValueError(reason)
+        blocks = getattr(self.transformer, "blocks", None) or self.transformer.transformer_blocks
+        converted, kept = fp8.convert_linears(blocks, fast_accumulation)
+        print(f"fp8: {converted} linear layers of the transformer blocks in float8_e4m3"
+              + (f", {kept} kept in bf16 (sizes not multiples of 16)" if kept else ""))
 
     def enable_low_memory(self) -> None:
         """Fit a 24 GiB GPU at 81×480×832 (measured: bench/NOTES.md, "Dress rehearsal"). Two things:

@@ -54,7 +54,7 @@ def main():
                         help="diffusers attention kernel for every row (default: PyTorch SDPA's choice)")
     parser.add_argument("--rows", default="eager,compiled,long",
                         help="row groups to run: eager, compiled (+ selective checkpointing), long, syncs, "
-                             "budget (compiler-chosen recomputation)")
+                             "budget (compiler-chosen recomputation), levers (FA4, checkpointing that keeps attention)")
     parser.add_argument("--profile", action="store_true", help="print where the GPU time of the best step goes")
     parser.add_argument("--out", default=None, help="also append the table to this file")
     args = parser.parse_args()
@@ -74,22 +74,23 @@ def main():
 
     rows, state = [], {}
 
-    def measure(label, frames, compiled, backend, checkpoint_blocks, estimate_s):
+    def measure(label, frames, compiled, backend, checkpoint_blocks, estimate_s, keep_attention=False):
         """One row: `repeats` timed steps after warm-up (the first step compiles); OOM is a result too."""
         try:
-            return measure_row(label, frames, compiled, backend, checkpoint_blocks, estimate_s)
+            return measure_row(label, frames, compiled, backend, checkpoint_blocks, estimate_s, keep_attention)
         except Exception as error:  # one broken lever must not cost the rest of the table
             traceback.print_exc()
             rows.append([label, frames, f"error: {type(error).__name__}", "", "", "", "", ""])
             return None
 
-    def measure_row(label, frames, compiled, backend, checkpoint_blocks, estimate_s):
+    def measure_row(label, frames, compiled, backend, checkpoint_blocks, estimate_s, keep_attention):
         if not deadline.allows(estimate_s):
             rows.append([label, frames, "skipped: out of time", "", "", "", "", ""])
             return None
         P.set_compiled(model, compiled)
         P.set_attention(model, backend if device == "cuda" else None)
-        model.enable_speedups(gradient_checkpointing=True, checkpoint_blocks=checkpoint_blocks)
+        model.enable_speedups(gradient_checkpointing=True, checkpoint_blocks=checkpoint_blocks,
+                              compile_blocks=compiled, keep_attention=keep_attention)
         batch = make_batch(model, frames, args, device)
         generator = torch.Generator().manual_seed(0)
 
@@ -155,6 +156,8 @@ def main():
             measure(f"+ checkpoint {k}/{n_blocks} blocks (fits {args.memory_gib:g} GiB)", f, True, A, k, 30)
         if k > 0:
             measure("no checkpointing (memory reference)", f, True, A, 0, 30)
+    if "levers" in groups:  # issue 16: FlashAttention-4, then selective checkpointing that keeps attention
+        levers(measure, f, args, n_blocks)
     if args.profile and device == "cuda" and best is not None and deadline.allows(60):
         model.enable_speedups(gradient_checkpointing=True, checkpoint_blocks=best)
         profile_step(model, optimizer, make_batch(model, f, args, device), f"{f} frames, {best}/{n_blocks} checkpointed")
@@ -172,6 +175,32 @@ def main():
                   ["variant", "frames", "s/step", "TFLOP/s", "MFU", "peak GiB", "ckpt", "1st step s"], rows, args.out)
     if best is not None:
         print(f"selective checkpointing: {best}/{n_blocks} blocks keep the peak under {args.memory_gib:g} GiB")
+
+
+def levers(measure, frames: int, args, n_blocks: int) -> None:
+    """Issue 16's levers with --attention-backend (default fa4): SDPA at session 3's setting (21/30 blocks recomputed
+    whole), the backend at it, then checkpointed blocks that keep their attention outputs
+    (speedups.keep_attention_outputs): all blocks, then as few as --memory-gib allows, fitted from two measured
+    peaks; no checkpointing as the memory reference; then the long video."""
+    A, k = args.attention_backend or "fa4", args.checkpoint_blocks
+    measure(f"compiled, sdpa, checkpoint {k}/{n_blocks} (session 3's best)", frames, True, "sdpa", k, 150)
+    if A != "sdpa":
+        measure(f"compiled, {A}, checkpoint {k}/{n_blocks}", frames, True, A, k, 150)
+    kept_all = measure(f"compiled, {A}, checkpoint {n_blocks}/{n_blocks} keeping attention", frames, True, A,
+                       None, 150, keep_attention=True)
+    half = n_blocks // 2
+    kept_half = measure(f"compiled, {A}, checkpoint {half}/{n_blocks} keeping attention", frames, True, A,
+                        half, 60, keep_attention=True)
+    if kept_all and kept_half:
+        free = fit_free_blocks(kept_all[1], kept_half[1], n_blocks - half, args.memory_gib, n_blocks)
+        if n_blocks - free not in (half, n_blocks):
+            measure(f"compiled, {A}, checkpoint {n_blocks - free}/{n_blocks} keeping attention (fits "
+                    f"{args.memory_gib:g} GiB)", frames, True, A, n_blocks - free, 60, keep_attention=True)
+    measure(f"compiled, {A}, no checkpointing (memory reference)", frames, True, A, 0, 60)
+    if args.long_frames:
+        L = args.long_frames
+        measure(f"compiled, {A}, all checkpointed", L, True, A, None, 150)
+        measure(f"compiled, {A}, all checkpointed keeping attention", L, True, A, None, 150, keep_attention=True)
 
 
 def time_adapter_switch(model, repeats: int = 20) -> None:

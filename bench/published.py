@@ -80,8 +80,8 @@ def set_compiled(model: VideoModel, on: bool) -> None:
 
 
 def set_attention(model: VideoModel, backend: str | None) -> None:
-    """diffusers' attention kernel: None/"native" = PyTorch SDPA's own choice, "_native_cudnn", ..."""
-    model.transformer.set_attention_backend(backend or "native")
+    """The attention kernel: None/"sdpa" = PyTorch SDPA's own choice, "fa4" (attention.py), "_native_cudnn", ..."""
+    model.enable_speedups(attention_backend=backend or "sdpa")
 
 
 def configure_dynamo() -> None:

@@ -52,6 +52,13 @@ def test_fake_shapes_match_the_real_ones():
     assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in real]
 
 
+def test_opcheck_schema_fake_and_autograd_registration():
+    # torch's own checker: the fake agrees with the real outputs (shapes, strides, dtypes), autograd is registered,
+    # and torch.compile can trace the operator — with non-contiguous inputs, as diffusers passes them
+    q, k, v = (torch.randn(2, 3, 9, 16).transpose(1, 2).requires_grad_() for _ in range(3))
+    torch.library.opcheck(torch.ops.magicid.flash_attention.default, (q, k, v, 0.25))
+
+
 def wan_inputs(model, seed=0):
     generator = torch.Generator().manual_seed(seed)
     latents = torch.randn(1, 16, 3, 16, 16, generator=generator, requires_grad=True)
