@@ -64,5 +64,5 @@ def load_model_from_args(args, gradient_checkpointing: bool = False, checkpoint_
         print("low-memory path: text encoder on the CPU between uses, tiled VAE (--no-low-memory turns it off)")
     model.enable_speedups(compile_blocks=args.compile if args.compile is not None else on_gpu,
                           gradient_checkpointing=gradient_checkpointing, checkpoint_blocks=checkpoint_blocks,
-                          attention_backend=args.attention_backend)
+                          attention_backend=args.attention_backend or ("fa4" if on_gpu else None))
     return model
