@@ -54,12 +54,12 @@ def _attention_forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[T
         from flash_attn.cute.interface import _flash_attn_fwd
 
         out, lse, *_ = _flash_attn_fwd(q, k, v, softmax_scale=scale, return_lse=True)
-        return out, lse
+        return out.contiguous(), lse.contiguous()
     scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * scale   # [B, H, S_q, S_k]
     lse = scores.logsumexp(dim=-1)                                            # [B, H, S_q]
     probs = (scores - lse[..., None]).exp()
     out = torch.einsum("bhqk,bkhd->bqhd", probs, v.float())
-    return out.to(q.dtype), lse
+    return out.to(q.dtype).contiguous(), lse
 
 
 @_attention_forward.register_fake
@@ -76,7 +76,7 @@ def _attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: 
         from flash_attn.cute.interface import _flash_attn_bwd
 
         dq, dk, dv = _flash_attn_bwd(q, k, v, out, grad_out.contiguous(), lse, softmax_scale=scale)[:3]
-        return dq, dk, dv
+        return dq.contiguous(), dk.contiguous(), dv.contiguous()
     q32, k32, v32, o32, do32 = (t.float() for t in (q, k, v, out, grad_out))
     probs = (torch.einsum("bqhd,bkhd->bhqk", q32, k32) * scale - lse[..., None]).exp()   # P, rebuilt from lse
     grad_v = torch.einsum("bhqk,bqhd->bkhd", probs, do32)
@@ -85,12 +85,12 @@ def _attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: 
     grad_scores = probs * (grad_probs - row_dot)
     grad_q = torch.einsum("bhqk,bkhd->bqhd", grad_scores, k32) * scale
     grad_k = torch.einsum("bhqk,bqhd->bkhd", grad_scores, q32) * scale
-    return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype)
+    return tuple(g.to(t.dtype).contiguous() for g, t in ((grad_q, q), (grad_k, k), (grad_v, v)))
 
 
 @_attention_backward.register_fake
 def _(grad_out, q, k, v, out, lse, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous, as the kernels return
 
 
 def _save_for_backward(ctx, inputs, output):
