@@ -1,7 +1,7 @@
 """cli.py — the command-line flags every script shares: which model, on which device, how fast; and --help's look.
 
 train.py, generate.py and evaluate.py take the same model flags (--model, --device, --bf16, --compile,
---attention-backend, --low-memory) and turn them into a loaded model.VideoModel the same way, with defaults
+--attention-backend, --low-memory, --fp8) and turn them into a loaded model.VideoModel the same way, with defaults
 that follow the device: bf16, compiled blocks on CUDA, the low-memory path on GPUs under 40 GiB
 (speedups.py). HelpFormatter prints each script's docstring as written and every flag's default.
 
@@ -14,7 +14,8 @@ import argparse
 
 import torch
 
-from model import MODEL_PRESETS, VideoModel
+import fp8
+from model import MODEL_PRESETS, ModelLoadError, VideoModel
 from speedups import LOW_MEMORY_BELOW_GIB
 
 
@@ -48,6 +49,11 @@ def add_model_args(parser) -> None:
     group.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=None,
                        help=f"text encoder on the CPU between uses and a tiled VAE, to fit 24 GiB at 81x480x832 "
                             f"(default: on for GPUs under {LOW_MEMORY_BELOW_GIB} GiB; bench/NOTES.md)")
+    group.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=False,
+                       help="the transformer blocks' frozen linear weights in float8 and their matmuls on FP8 tensor "
+                            "cores (fp8.py; needs --bf16 and an SM89+ GPU): half their memory and faster matmuls, "
+                            "at the price of FP8 rounding in every output (bench/bench_fp8.py measures both); "
+                            "it changes results, so a run records it and --resume keeps it")
 
 
 def load_model_from_args(args, gradient_checkpointing: bool = False, checkpoint_blocks: int | None = None) -> VideoModel:
@@ -58,10 +64,14 @@ def load_model_from_args(args, gradient_checkpointing: bool = False, checkpoint_
     use_bf16 = args.bf16 if args.bf16 is not None else on_gpu
     low_memory = args.low_memory if args.low_memory is not None else (
         on_gpu and torch.cuda.get_device_properties(torch.device(device)).total_memory < LOW_MEMORY_BELOW_GIB * 2**30)
-    model = VideoModel.from_pretrained(args.model, dtype=torch.bfloat16 if use_bf16 else torch.float32, device=device,
-                                       low_memory=low_memory)
+    dtype = torch.bfloat16 if use_bf16 else torch.float32
+    if args.fp8 and (reason := fp8.fp8_unsupported(device, dtype)):  # said before the slow load, not after
+        raise ModelLoadError(reason)
+    model = VideoModel.from_pretrained(args.model, dtype=dtype, device=device, low_memory=low_memory)
     if low_memory:
         print("low-memory path: text encoder on the CPU between uses, tiled VAE (--no-low-memory turns it off)")
+    if args.fp8:
+        model.enable_fp8()
     model.enable_speedups(compile_blocks=args.compile if args.compile is not None else on_gpu,
                           gradient_checkpointing=gradient_checkpointing, checkpoint_blocks=checkpoint_blocks,
                           attention_backend=args.attention_backend or ("fa4" if on_gpu else None))
