@@ -13,13 +13,17 @@ sampling steps but with a few units of each stage, and extrapolate every stage t
 Model load, the text encoder, pairs, the report and the rest (startup, saving LoRAs) are counted once.
 Candidate presets (--preset-arg "--sample-steps 10 --cfg-interval 2", repeatable) reuse the measured unit
 costs when they change only counts (COUNT_FLAGS), and re-measure with a reduced run of their own otherwise.
+What the reduced run cannot see: the preset samples K = --videos-per-prompt videos in one batch, the reduced
+run one (a video costs the same: 32k-token GEMMs fill an H100 at batch 1, bench/NOTES.md: 0.523 vs 0.517 s per
+video), so the batch-K graphs' compiling (~10-15 s each) is missing; and of the checkpoints every
+--checkpoint-every steps (~1 s each) only each stage's last is in.
 
     python bench/time_to_lora.py --out runs/time_to_lora                    # GPU: build (or reuse) + one reduced run
     python bench/time_to_lora.py --out runs/time_to_lora --preset-arg "--videos-per-prompt 2" \\
         --preset-arg "--sample-steps 10 --cfg-interval 2"                   # + candidates
     python bench/time_to_lora.py --small --out /tmp/time_to_lora            # CPU check of the script, toy widths
 
-Exports: unit_cost, extrapolate_stage, full_units, stage_pieces, main.
+Exports: unit_cost, extrapolate_stage, full_units, stage_pieces, stage_table, main.
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from published import print_table  # noqa: E402
+from published import environment, print_table  # noqa: E402
 
 PHOTO = REPO / "examples" / "astronaut.jpg"
 FOLDER = "Wan2.1-T2V-1.3B-random"  # where bench/rehearsal.py's build stage writes the model folder inside --out
@@ -64,6 +70,8 @@ def main(argv=None):
     p.add_argument("--table", default=None, help="append the tables to this file")
     args = p.parse_args(argv)
 
+    print(environment(), flush=True)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.small else "CPU"
     out = Path(args.out)
     folder = out / FOLDER
     if not (folder / "model_index.json").exists():  # the rehearsal's build: 14.7 GB of random safetensors
@@ -79,29 +87,35 @@ def main(argv=None):
         costs = tuple(sorted((k, str(v)) for k, v in vars(full).items()
                              if k not in COUNT_FLAGS and v != getattr(preset, k)))
         if costs not in measured:
-            measured[costs] = reduced_run(folder, out / f"run{len(measured)}", flags)
+            name = "run-" + ("preset" if not costs else "-".join(f"{k}={v}" for k, v in costs))
+            measured[costs] = reduced_run(folder, out / re.sub(r"[^\w=.-]", "_", name), flags)
         run_dir, wall = measured[costs]
-        rows, total, unmeasured = [], 0.0, []
-        for stage, pieces in stage_pieces(run_dir, wall).items():
-            n = sum(units for units, _ in pieces)
-            n_full = full_units(full).get(stage, n)
-            if n == 0 and n_full > 0:  # e.g. no pairs in the reduced run: no DPO step to time
-                unmeasured.append(stage)
-                rows.append([stage, 0, f"{sum(s for _, s in pieces):.1f}", "not measured", n_full, "?"])
-                continue
-            seconds = extrapolate_stage(pieces, n_full)
-            total += seconds
-            rows.append([stage, n, f"{sum(s for _, s in pieces):.1f}", f"{unit_cost(pieces):.2f}", n_full,
-                         f"{seconds:.0f}"])
-        note = f" + {', '.join(unmeasured)} (not measured)" if unmeasured else ""
+        rows, total, note = stage_table(stage_pieces(run_dir, wall), full_units(full))
         rows.append(["total", "", f"{wall:.0f}", "", "", f"{total:.0f} s = {total / 60:.1f} min{note}"])
-        title = f"Time-to-LoRA, {'toy widths (--small)' if args.small else 'Wan2.1-1.3B published size'}: " \
+        title = f"Time-to-LoRA, {'toy widths (--small)' if args.small else 'Wan2.1-1.3B published size'}, {device}: " \
                 f"train.py {candidate or 'at the GPU preset'} (measured in {run_dir.name})"
         print_table(title, ["stage", "units run", "measured s", "s / unit", "units full", "full s"], rows,
                     file=args.table)
         totals.append((candidate or "GPU preset", total, note))
     for name, total, note in totals:
         print(f"time-to-LoRA, {name}: {total / 60:.1f} min{note}")
+
+
+def stage_table(pieces: dict[str, list[tuple[int, float]]], units: dict[str, int]) -> tuple[list[list], float, str]:
+    """Rows [stage, units run, measured s, s / unit, units full, full s], the full total in seconds, and a note
+    naming the stages the reduced run could not time (e.g. no pairs: no DPO step), left out of the total."""
+    rows, total, unmeasured = [], 0.0, []
+    for stage, parts in pieces.items():
+        n, measured = sum(u for u, _ in parts), sum(s for _, s in parts)
+        n_full = units.get(stage, n)
+        if n == 0 and n_full > 0:
+            unmeasured.append(stage)
+            rows.append([stage, 0, f"{measured:.1f}", "not measured", n_full, "?"])
+            continue
+        seconds = extrapolate_stage(parts, n_full)
+        total += seconds
+        rows.append([stage, n, f"{measured:.1f}", f"{unit_cost(parts):.2f}", n_full, f"{seconds:.0f}"])
+    return rows, total, f" + {', '.join(unmeasured)} (not measured)" if unmeasured else ""
 
 
 def train_args(folder: Path, flags: list[str]) -> argparse.Namespace:
@@ -112,18 +126,20 @@ def train_args(folder: Path, flags: list[str]) -> argparse.Namespace:
 
 
 def reduced_run(folder: Path, run_dir: Path, flags: list[str]) -> tuple[Path, float]:
-    """train.py end to end with the REDUCED counts after `flags` (the later flag wins); (run folder, wall s)."""
-    if (run_dir / "wall.json").exists():
-        print(f"reusing the finished reduced run in {run_dir}", flush=True)
-        return run_dir, json.loads((run_dir / "wall.json").read_text())["seconds"]
-    shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished one: its timings would be of two starts
+    """train.py end to end with the REDUCED counts after `flags` (the later flag wins); (run folder, wall s).
+    A finished run of the same command is reused; anything else in run_dir is replaced (timings of one start)."""
     command = [sys.executable, "train.py", "--ref", str(PHOTO), "--model", str(folder.resolve()),
                "--out", str(run_dir.resolve()), "--id-backend", "dlib", *flags, *REDUCED]
+    done = json.loads((run_dir / "wall.json").read_text()) if (run_dir / "wall.json").exists() else {}
+    if done.get("command") == command:
+        print(f"reusing the finished reduced run in {run_dir}", flush=True)
+        return run_dir, done["seconds"]
+    shutil.rmtree(run_dir, ignore_errors=True)
     print("$ " + shlex.join(command), flush=True)
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True)
     wall = time.perf_counter() - start
-    (run_dir / "wall.json").write_text(json.dumps({"seconds": wall}))
+    (run_dir / "wall.json").write_text(json.dumps({"seconds": wall, "command": command}))
     return run_dir, wall
 
 

@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from time_to_lora import extrapolate_stage, full_units, stage_pieces, train_args, unit_cost  # noqa: E402
+from time_to_lora import (extrapolate_stage, full_units, stage_pieces, stage_table, train_args,  # noqa: E402
+                          unit_cost)
 
 
 def test_a_compiling_first_step_is_counted_once_not_once_per_step():
@@ -61,3 +62,11 @@ def test_pieces_come_from_timings_steps_and_evaluation_files(tmp_path):
     assert pieces["dpo_identity"] == [(1, 14.0), (1, 5.0), (0, pytest.approx(1.0))]   # the round suffix dropped
     assert pieces["evaluation videos"] == [(1, 30.0), (1, 15.0), (0, 5.0)]
     assert pieces["other"] == [(1, 10.0)]                                          # 110 s wall, 100 s in stages
+
+
+def test_a_stage_the_reduced_run_never_timed_is_named_not_counted_as_free():
+    # no dynamic pairs in the reduced run: 0 DPO steps, 0.5 s of set-up; the full preset wants 300 steps
+    pieces = {"model load": [(1, 30.0)], "dpo_dynamic": [(0, 0.5)], "identity": [(1, 9.0), (1, 2.0), (1, 2.0)]}
+    rows, total, note = stage_table(pieces, {"model load": 1, "dpo_dynamic": 300, "identity": 10})
+    assert total == pytest.approx(30.0 + 13.0 + 7 * 2.0)
+    assert "dpo_dynamic" in note and ["dpo_dynamic", 0, "0.5", "not measured", 300, "?"] in rows
