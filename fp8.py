@@ -18,17 +18,19 @@ factored out of it the way it is in the forward. We dequantize, W_deq = s_W ⊙ 
 bf16: dx is then the exact gradient (to bf16 rounding) of the function the forward computed, x ↦ x_q W_qᵀ,
 with the activation's rounding passed straight through, as every FP8 training recipe does. The alternative,
 a second FP8 copy of W scaled per input column and dy quantized per row, would run the backward matmul on FP8
-tensor cores too, but it costs another byte per weight (1.3 GB on Wan2.1-1.3B, 14 GB on 14B) and puts a second
+tensor cores too, but it costs another byte per weight (1.4 GB on Wan2.1-1.3B, 14 GB on 14B) and puts a second
 rounding of W and one of dy (≤ 2⁻⁴ each) into the only gradient that trains anything; the dequantization
-costs one read of W per layer, ~1 % of the backward matmul it feeds at 14k tokens.
+reads W once per layer and backward, ~1 % of the time of the matmul it feeds at 14k tokens (memory-bound estimate).
 
 Peft LoRA layers wrap a linear layer's module and add B·A·x to its output; FP8Linear is an nn.Linear (as
 torchao's Float8Linear is), so peft wraps it like any other, before or after the conversion, and its
 `compute_dtype` tells peft to build adapters in bf16 rather than in the weight's FP8. LoRA files hold the
 adapters only (peft's state dict of the adapter), never a base weight.
 
-torch.compile traces the autograd.Function below whole: torch._scaled_mm is an ATen operator with compiler
-support, and the quantization around it fuses into the block's kernels (tests/test_fp8.py checks fullgraph).
+torch.compile traces the autograd.Function below whole, forward and backward (tests/test_fp8.py compiles a block
+with fullgraph=True): every operation in it is an ATen operator the compiler knows, torch._scaled_mm included,
+so the activation's quantization fuses into the block's kernels. A torch.library.custom_op, which attention.py
+needs for a kernel from outside torch, would hide that quantization from the compiler.
 
 Exports: FP8Linear, convert_linears, fp8_linear, quantize_rows, fp8_unsupported.
 """
@@ -118,7 +120,7 @@ class _FP8Matmul(torch.autograd.Function):
     def forward(ctx, x, weight_q, weight_scale, bias, fast_accumulation):
         x_q, x_scale = quantize_rows(x)                                                # [M, K] e4m3, [M, 1]
         # _scaled_mm wants mat1 row-major and mat2 column-major: W_q [N, K] row-major, transposed, is that.
-        out = torch._scaled_mm(x_q, weight_q.t(), scale_a=x_scale, scale_b=weight_scale, bias=bias,
+        out = torch._scaled_mm(x_q.contiguous(), weight_q.t(), scale_a=x_scale, scale_b=weight_scale, bias=bias,
                                out_dtype=torch.bfloat16, use_fast_accum=fast_accumulation)   # [M, N]
         ctx.save_for_backward(weight_q, weight_scale)
         ctx.input_dtype = x.dtype
