@@ -51,9 +51,10 @@ def add_model_args(parser) -> None:
                             f"(default: on for GPUs under {LOW_MEMORY_BELOW_GIB} GiB; bench/NOTES.md)")
     group.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=False,
                        help="the transformer blocks' frozen linear weights in float8 and their matmuls on FP8 tensor "
-                            "cores (fp8.py; needs --bf16 and an SM89+ GPU): half their memory and faster matmuls, "
-                            "at the price of FP8 rounding in every output (bench/bench_fp8.py measures both); "
-                            "it changes results, so a run records it and --resume keeps it")
+                            "cores (fp8.py; needs the bf16 model, the GPU default, on an SM89+ GPU): half their "
+                            "memory and faster matmuls, at the price of FP8 rounding in every output "
+                            "(bench/bench_fp8.py measures both); it changes results, so a run records it and a "
+                            "--resume must match it")
 
 
 def load_model_from_args(args, gradient_checkpointing: bool = False, checkpoint_blocks: int | None = None) -> VideoModel:
