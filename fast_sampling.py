@@ -104,15 +104,17 @@ def cache_config(spec: str):
 
 @contextmanager
 def block_evaluations(model):
-    """Count transformer blocks that really ran, one per block per batch row: yields a dict {"blocks": n}.
+    """Count transformer blocks that really ran, one per block per batch row: yields a 0-d tensor, read int(n).
 
     A Wan block's feed-forward runs only when the block is computed (the cache hooks replace whole blocks),
-    so it is counted there. Lossless CFG sampling of one video: 2 rows × steps × num_layers.
+    so it is counted there. Lossless CFG sampling of one video: 2 rows × steps × num_layers. The count is a
+    tensor, so compiled blocks add to it without recompiling for each new value; under torch.compile, enter
+    this before the blocks are first compiled (compiled code ignores hooks added later).
     """
-    count = {"blocks": 0}
+    count = torch.zeros((), dtype=torch.long, device=model.device)
 
     def counted(module, args, output):
-        count["blocks"] += args[0].shape[0]                             # args[0]: [rows, tokens, D]
+        count.add_(args[0].shape[0])                                    # args[0]: [rows, tokens, D]
 
     handles = [block.ffn.register_forward_hook(counted) for block in model.transformer.blocks]
     try:

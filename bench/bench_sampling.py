@@ -5,17 +5,20 @@ Two tables, every variant measured side by side in one run:
             PyTorch SDPA's default kernel vs cuDNN attention, one video vs the CFG pair batched.
   sampling  one video, 30 UniPC steps, guidance 5, prompt embeddings passed in: the stock diffusers
             WanPipeline (eager, compiled, compiled + cuDNN) against fast_sampling.py (lossless mode and
-            the fast-mode flags), with each output's max/mean |Δ| to the stock pipeline's latents from
-            the same noise; then the VAE decode of the result.
+            the fast-mode flags and diffusers' cache hooks, rows grouped by equal work saved), with each
+            output's max/mean |Δ| to the stock pipeline's latents from the same noise and the fraction of the
+            lossless sampler's block evaluations it skipped; then the VAE decode of the result.
 MFU is the matmul FLOPs of bench/published.py's formula over the bf16 matmul ceiling measured here.
 
     python bench/bench_sampling.py                 # GPU, published size (about 5 minutes with compiles)
+    python bench/bench_sampling.py --rows fast,cache  # GPU: fast mode vs the cache hooks at equal work (~5 min)
     python bench/bench_sampling.py --small         # CPU, 2 blocks, tiny video: checks the script in seconds
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import traceback
 from pathlib import Path
@@ -39,11 +42,15 @@ def main():
     parser.add_argument("--width", type=int, default=832, help="pixels")
     parser.add_argument("--steps", type=int, default=30, help="denoising steps of the lossless rows")
     parser.add_argument("--fast-steps", default="15,10", help="comma list: step counts of the fast-mode rows")
+    parser.add_argument("--caches", default="sea:0.3,first-block:0.13,taylorseer:2,sea:0.6,first-block:0.28",
+                        help="comma list: fast_sampling cache hooks of the cache rows (thresholds chosen in the toy "
+                             "world to skip ~25 %% / ~50 %% of the work; random weights skip what they skip)")
     parser.add_argument("--repeats", type=int, default=5, help="timed forwards per forward row (median)")
     parser.add_argument("--budget-s", type=float, default=540, help="wall seconds; later rows are skipped past it")
     parser.add_argument("--rows", default="forward,sampling,floor,fast,decode",
                         help="row groups: forward, sampling, floor (same sampler, another exact attention kernel: "
-                             "the bf16 noise floor of the Δ columns), fast, decode, profile")
+                             "the bf16 noise floor of the Δ columns), fast, cache (diffusers' cache hooks), decode, "
+                             "profile")
     parser.add_argument("--out", default=None, help="also append the tables to this file")
     args = parser.parse_args()
     if args.small:
@@ -51,6 +58,9 @@ def main():
     device, deadline, ceiling = P.start(args.small, args.budget_s)
 
     model = P.build_published(device, torch.bfloat16, small=args.small)
+    # Count block evaluations from the start: compiled blocks do not see a hook added after they were traced.
+    counting = contextlib.ExitStack()  # held to the end: a collected stack would remove the hooks
+    work = counting.enter_context(fast_sampling.block_evaluations(model))
     S = P.tokens(args.frames, args.height, args.width)
     flops = P.forward_flops(model, S, 1)
     c = model.transformer.config
@@ -131,8 +141,9 @@ def main():
         latents = noise.to(device, torch.float32)
         return model.pipe(latents=latents, **stock_kwargs)[0].float()
 
-    def fast(steps=args.steps, cfg_interval=1):
-        return lambda: fast_sampling.sample_latents(model, text_emb, negative_emb, noise, steps, 5.0, cfg_interval)
+    def fast(steps=args.steps, cfg_interval=1, cache=None):
+        return lambda: fast_sampling.sample_latents(model, text_emb, negative_emb, noise, steps, 5.0, cfg_interval,
+                                                    cache)
 
     variants = [("stock WanPipeline, eager", False, None, stock, args.steps)]  # the reference of every Δ
     if "floor" in groups:
@@ -141,44 +152,57 @@ def main():
         variants += [("stock WanPipeline, compiled", True, None, stock, args.steps),
                      ("stock WanPipeline, compiled + cuDNN", True, CUDNN, stock, args.steps),
                      ("fast_sampling lossless (compiled + cuDNN)", True, CUDNN, fast(), args.steps)]
+    if "sampling" not in groups and groups & {"fast", "cache"}:  # the speed the lossy rows are to beat
+        variants.append(("fast_sampling lossless (compiled + cuDNN)", True, CUDNN, fast(), args.steps))
     if "fast" in groups:
         variants.append(("fast: cfg_interval=2", True, CUDNN, fast(cfg_interval=2), args.steps))
         for n in [int(s) for s in args.fast_steps.split(",") if s]:
             variants.append((f"fast: steps={n}", True, CUDNN, fast(steps=n), n))
         n = min(int(s) for s in args.fast_steps.split(","))
         variants.append((f"fast: steps={n}, cfg_interval=2", True, CUDNN, fast(steps=n, cfg_interval=2), n))
+    if "cache" in groups:  # the hooks' skips are their own compiled graphs: the warm-up runs the row itself
+        for spec in [s for s in args.caches.split(",") if s]:
+            variants.append((f"cache: {spec}", "warm-up run", CUDNN, fast(cache=spec), args.steps))
 
     rows, reference, stock_seconds, last = [], None, None, None
+    lossless_blocks = 2 * args.steps * len(model.transformer.blocks)  # one video, CFG: 2 rows a step
     for label, compiled, backend, run, steps in variants:
         if device == "cpu":  # the fused attention kernels are CUDA-only
             backend = None
         estimate = (stock_seconds or 60) * steps / args.steps + (90 if compiled else 0)
+        if compiled == "warm-up run":  # two runs; the blocks' graphs exist, a hook's branches recompile (~30 s)
+            estimate = 2 * (stock_seconds or 60) + 30
         if not deadline.allows(estimate):
-            rows.append([label, "skipped: out of time", "", "", "", "", ""])
+            rows.append([label, "skipped: out of time", "", "", "", "", "", ""])
             continue
-        P.set_compiled(model, compiled)
+        P.set_compiled(model, bool(compiled))
         P.set_attention(model, backend)
         try:
-            if compiled:  # compile this configuration's graphs before the clock starts (2 steps are enough)
+            if compiled == "warm-up run":  # every graph this row reaches (skip branches included), untimed
+                run()
+            elif compiled:  # compile this configuration's graphs before the clock starts (2 steps are enough)
                 with torch.no_grad():
                     fast_sampling.sample_latents(model, text_emb, negative_emb, noise, 2, 5.0, 1)
                     model.predict(x, t, text_emb)
             P.reset_peak()
+            blocks_before = int(work)
             seconds, latents = P.timed_once(run)
         except Exception as error:
             traceback.print_exc()
-            rows.append([label, f"error: {type(error).__name__}", "", "", "", "", ""])
+            rows.append([label, f"error: {type(error).__name__}", "", "", "", "", "", ""])
             continue
         if reference is None:
             reference, stock_seconds = latents, seconds
         diff = (latents - reference).abs()
-        rows.append([label, f"{seconds:.1f}", f"{seconds / steps:.3f}", f"{stock_seconds / seconds:.2f}x",
-                     f"{diff.max().item():.2e}", f"{diff.mean().item():.2e}", f"{P.peak_gib():.1f}"])
+        skipped = 1 - (int(work) - blocks_before) / lossless_blocks
+        rows.append([label, f"{skipped:.0%}", f"{seconds:.1f}", f"{seconds / steps:.3f}",
+                     f"{stock_seconds / seconds:.2f}x", f"{diff.max().item():.2e}", f"{diff.mean().item():.2e}",
+                     f"{P.peak_gib():.1f}"])
         last = latents
         print(rows[-1], f"finite={bool(torch.isfinite(latents).all())} |latents| mean {latents.abs().mean():.3f}",
               flush=True)
     P.print_table(f"sampling one video, {args.frames}x{args.height}x{args.width}, CFG 5.0, UniPC; Δ vs stock eager",
-                  ["variant", "s", "s/step", "speed-up", "max|Δ|", "mean|Δ|", "peak GiB"], rows, args.out)
+                  ["variant", "skipped", "s", "s/step", "speed-up", "max|Δ|", "mean|Δ|", "peak GiB"], rows, args.out)
 
     if "decode" in groups and deadline.allows(30) and last is not None:
         P.reset_peak()
