@@ -172,3 +172,60 @@ def test_benchmark_refuses_a_photo_that_does_not_exist(tmp_path):
 
     with pytest.raises(SystemExit, match="no such file"):
         benchmark.main(["--photo", str(tmp_path / "nobody.jpg"), "--out", str(tmp_path / "out")])
+
+
+def _seed_run(folder: Path) -> Path:
+    """A finished benchmark run as toyworld/sweep.py reads it: config, state, log, LoRA, repository, caches."""
+    import json
+
+    import train
+    from toyworld import benchmark
+
+    run = folder / "astronaut"
+    for sub in ("repository/videos", "identity_lora", "checkpoints/identity/step-000010", "eval", "eval_people"):
+        (run / sub).mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "astronaut.png").write_bytes(b"photo")
+    (folder / "base_check.json").write_text("{}")
+    config = vars(train.parse_args(benchmark.train_argv(folder / "refs" / "astronaut.png", run, [])))
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "state.json").write_text(json.dumps({"done": ["identity", "dpo_identity_round0"], "latest": {
+        "identity": "checkpoints/identity/step-000010", "dpo_identity_round0": "checkpoints/x"}}))
+    (run / "log.jsonl").write_text('{"stage": "identity", "step": 0}\n{"stage": "dpo_identity_round0", "step": 0}\n')
+    for variant in ("base", "identity_stage", "MagicID"):
+        key = {"references": [str(folder / "refs" / "astronaut.png")], "adapter": variant}
+        (run / "eval" / f"{variant}_p0_s0.json").write_text(json.dumps({"key": key, "row": {"r_dyn": 1.0}}))
+        (run / "eval" / f"{variant}_p0_s0.png").write_bytes(b"sheet")
+    return folder
+
+
+def test_sweep_refuses_flags_that_would_change_the_copied_identity_stage(tmp_path):
+    import pytest
+
+    from toyworld import sweep
+
+    seed = _seed_run(tmp_path / "seed")
+    sweep.check_reusable(seed, ["astronaut"], ["--sft-weight=10", "--rounds=2", "--videos-per-prompt=8"])
+    for flags, changed in ((["--identity-steps=900"], "identity_steps"), (["--lr", "1e-3"], "'lr'"),
+                           (["--eval-seeds=2"], "eval_seeds")):
+        with pytest.raises(SystemExit, match=changed):
+            sweep.check_reusable(seed, ["astronaut"], flags)
+
+
+def test_sweep_copies_the_identity_stage_and_the_base_and_identity_rows_pointing_at_the_copied_photo(tmp_path):
+    import json
+
+    from toyworld import sweep
+
+    seed = _seed_run(tmp_path / "seed")
+    sweep.copy_seed(seed, tmp_path / "k8", "astronaut")
+    run = tmp_path / "k8" / "astronaut"
+    assert json.loads((run / "state.json").read_text()) == {
+        "done": ["identity"], "latest": {"identity": "checkpoints/identity/step-000010"}}   # DPO runs again
+    assert [json.loads(line)["stage"] for line in (run / "log.jsonl").read_text().splitlines()] == ["identity"]
+    assert (run / "checkpoints/identity/step-000010").is_dir() and (run / "identity_lora").is_dir()
+    assert sorted(p.name for p in (run / "eval").iterdir()) == [   # the report shows the contact sheets too
+        "base_p0_s0.json", "base_p0_s0.png", "identity_stage_p0_s0.json", "identity_stage_p0_s0.png"]
+    key = json.loads((run / "eval" / "base_p0_s0.json").read_text())["key"]
+    assert key == {"references": [str(tmp_path / "k8" / "refs" / "astronaut.png")], "adapter": "base"}
+    assert (tmp_path / "k8" / "refs" / "astronaut.png").read_bytes() == b"photo"

@@ -60,6 +60,9 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=str(ROOT / "runs" / "toyworld"), help="folder of the runs and results")
     p.add_argument("--train-arg", action="append", default=[],
                    help="extra train.py flag for an investigation, e.g. --train-arg=--beta=500 (use a new --out)")
+    p.add_argument("--device", default="cpu", help="train.py's and the evaluation's device: cpu or cuda")
+    p.add_argument("--no-curve", action="store_true",
+                   help=f"skip the {LONG_FRAMES}-frame identity curve (~40 %% of the evaluation; toyworld/sweep.py's levers)")
     args = p.parse_args(argv)
     out = Path(args.out)
     references = {name: write_reference(name, out / "refs")
@@ -74,13 +77,13 @@ def main(argv=None) -> dict:
     rows = {"9": [], "long": [], "people": []}
     for name, ref in references.items():
         run_dir = out / name.replace("/", "_")
-        train.main(train_argv(ref, run_dir, args.train_arg))
-        for key, run_rows in evaluate_run(ref, run_dir).items():
+        train.main(train_argv(ref, run_dir, args.train_arg, args.device))
+        for key, run_rows in evaluate_run(ref, run_dir, args.device, curve=not args.no_curve).items():
             rows[key] += [{**r, "identity": name} for r in run_rows]
 
     results = {"identities": identities, "train_args": args.train_arg, "base_check": base,
                "table_9": evaluate.summarize(rows["9"], list(VARIANTS)),
-               "table_long": evaluate.summarize(rows["long"], list(VARIANTS)),
+               "table_long": evaluate.summarize(rows["long"], list(VARIANTS)) if rows["long"] else None,
                "table_people": evaluate.summarize(rows["people"], list(VARIANTS)),
                "per_identity_9": {n: evaluate.summarize([r for r in rows["9"] if r["identity"] == n], list(VARIANTS))
                                   for n in identities}}
@@ -94,9 +97,11 @@ def main(argv=None) -> dict:
     return results
 
 
-def train_argv(ref: Path, run_dir: Path, extra: list[str]) -> list[str]:
-    """train.py's whole flow on the tiny toy-world base, on the toy-world prompts; resumes a finished or cut run."""
-    return ["--ref", str(ref), "--model", "tiny", "--device", "cpu", "--out", str(run_dir), "--resume",
+def train_argv(ref: Path, run_dir: Path, extra: list[str], device: str = "cpu") -> list[str]:
+    """train.py's whole flow on the tiny toy-world base, on the toy-world prompts; resumes a finished or cut run.
+    On a GPU the tiny model stays float32 and uncompiled, as on the CPU (compiling costs more than it saves)."""
+    on_gpu = ["--no-bf16", "--no-compile"] if device != "cpu" else []
+    return ["--ref", str(ref), "--model", "tiny", "--device", device, *on_gpu, "--out", str(run_dir), "--resume",
             "--seed", str(SEED), "--id-backend", "dlib",
             "--prompts", str(TRAIN_PROMPTS), "--heldout-prompts", str(HELDOUT_PROMPTS),
             "--num-prompts", "4", "--eval-prompts", "4", "--eval-seeds", str(EVAL_SEEDS), *extra]
@@ -121,7 +126,7 @@ def write_reference(name: str, folder: Path) -> Path:
     return path
 
 
-def evaluate_run(ref: Path, run_dir: Path) -> dict[str, list[dict]]:
+def evaluate_run(ref: Path, run_dir: Path, device: str = "cpu", curve: bool = True) -> dict[str, list[dict]]:
     """The three models of a finished run on the held-out prompts: at 9 frames (train.py's own
     evaluation, read back from its cache), at LONG_FRAMES, and on the person-motion prompts at 9
     frames (both generated here, cached beside it). Returns {"9" | "long" | "people": rows}."""
@@ -131,7 +136,7 @@ def evaluate_run(ref: Path, run_dir: Path) -> dict[str, list[dict]]:
 
     encoder = make_face_encoder("dlib")
     refs = load_references([ref], encoder)
-    model = VideoModel.from_pretrained("tiny")
+    model = VideoModel.from_pretrained("tiny", device=device)
     model.load_lora(str(run_dir / "identity_lora"), name="reference")
     model.load_lora(str(run_dir / "magicid_lora"), name="default")
     config = json.loads((run_dir / "config.json").read_text())
@@ -141,7 +146,7 @@ def evaluate_run(ref: Path, run_dir: Path) -> dict[str, list[dict]]:
     video = dict(frames=None, height=None, width=None, steps=config["sample_steps"])
     short = evaluate.evaluate(model, VARIANTS, video=video, cache_dir=run_dir / "eval", **common)
     long = evaluate.evaluate(model, VARIANTS, video={**video, "frames": LONG_FRAMES},
-                               cache_dir=run_dir / f"eval_{LONG_FRAMES}f", **common)
+                             cache_dir=run_dir / f"eval_{LONG_FRAMES}f", **common) if curve else {"rows": []}
     moving = evaluate.evaluate(model, VARIANTS, video=video, cache_dir=run_dir / "eval_people",
                                **{**common, "prompts": read_prompts(HELDOUT_PEOPLE, person)})
     return {"9": short["rows"], "long": long["rows"], "people": moving["rows"]}
@@ -178,17 +183,16 @@ def repository_scatter(run_dir: Path, moving_px: float = 2.0) -> dict:
     return scatter
 
 
-def check_claims(short: dict, long: dict, people: dict) -> dict:
-    """Each claim as the paper states it, on the means (and whether the 95 % intervals separate)."""
+def check_claims(short: dict, long: dict | None, people: dict) -> dict:
+    """Each claim as the paper states it, on the means (and whether the 95 % intervals separate);
+    the fading claim only with the identity curve (long: None without it)."""
     def mean(table, variant, metric):
         return table[variant][metric][0]
 
     def separated(table, low, high, metric):
         return table[low][metric][2] < table[high][metric][1]  # low's upper bound below high's lower bound
 
-    curve = {v: np.asarray(long[v]["id_curve"]["mean"]) for v in VARIANTS}
-    third = {v: (float(c[: len(c) // 3].mean()), float(c[-(len(c) // 3):].mean())) for v, c in curve.items()}
-    return {
+    claims = {
         "baseline r_dyn below base": bool(mean(short, "identity stage", "r_dyn") < mean(short, "base", "r_dyn")),
         "  (95 % CIs separate)": bool(separated(short, "identity stage", "base", "r_dyn")),
         "MagicID r_dyn above baseline": bool(mean(short, "MagicID", "r_dyn") > mean(short, "identity stage", "r_dyn")),
@@ -199,10 +203,13 @@ def check_claims(short: dict, long: dict, people: dict) -> dict:
         "  (95 % CIs separate)  ": bool(separated(people, "identity stage", "MagicID", "r_dyn")),
         "person-motion prompts: MagicID r_id not below baseline":
             bool(mean(people, "MagicID", "r_id") >= mean(people, "identity stage", "r_id")),
-        f"baseline r_id fades over {LONG_FRAMES} frames (last third < first third)":
-            bool(third["identity stage"][1] < third["identity stage"][0]),
-        "id_curve_thirds": third,
     }
+    if long is None:
+        return claims
+    curve = {v: np.asarray(long[v]["id_curve"]["mean"]) for v in VARIANTS}
+    third = {v: (float(c[: len(c) // 3].mean()), float(c[-(len(c) // 3):].mean())) for v, c in curve.items()}
+    return {**claims, f"baseline r_id fades over {LONG_FRAMES} frames (last third < first third)":
+            bool(third["identity stage"][1] < third["identity stage"][0]), "id_curve_thirds": third}
 
 
 def report(results: dict) -> str:
@@ -214,24 +221,29 @@ def report(results: dict) -> str:
                        ("table_long", f"held-out prompts, {LONG_FRAMES} frames"),
                        ("table_people", "person-motion held-out prompts (heldout_people.txt), 9 frames")):
         table = results[key]
+        if table is None:  # --no-curve
+            continue
         lines += [f"## {title}: mean [95 % CI] over identities × prompts × seeds", "",
                   "| model | n | " + " | ".join(TABLE_METRICS) + " |", "|---" * (len(TABLE_METRICS) + 2) + "|"]
         for variant, metrics in table.items():
             cells = [f"{metrics[m][0]:.3f} [{metrics[m][1]:.3f}, {metrics[m][2]:.3f}]" for m in TABLE_METRICS]
             lines.append(f"| {variant} | {metrics['n']} | " + " | ".join(cells) + " |")
         lines.append("")
-    positions = results["table_long"]["base"]["id_curve"]["position"]
-    frames = [round(p * (LONG_FRAMES - 1)) for p in positions]
-    lines += [f"## r_id per frame, {LONG_FRAMES}-frame videos (mean over identities × prompts × seeds)", "",
-              "| model \\ frame | " + " | ".join(str(f) for f in frames) + " |", "|---" * (len(frames) + 1) + "|"]
-    for variant, metrics in results["table_long"].items():
-        lines.append(f"| {variant} | " + " | ".join(f"{v:.2f}" for v in metrics["id_curve"]["mean"]) + " |")
-    lines += ["", "## Claims", ""]
+    if results["table_long"] is not None:
+        positions = results["table_long"]["base"]["id_curve"]["position"]
+        frames = [round(p * (LONG_FRAMES - 1)) for p in positions]
+        lines += [f"## r_id per frame, {LONG_FRAMES}-frame videos (mean over identities × prompts × seeds)", "",
+                  "| model \\ frame | " + " | ".join(str(f) for f in frames) + " |", "|---" * (len(frames) + 1) + "|"]
+        for variant, metrics in results["table_long"].items():
+            lines.append(f"| {variant} | " + " | ".join(f"{v:.2f}" for v in metrics["id_curve"]["mean"]) + " |")
+        lines.append("")
+    lines += ["## Claims", ""]
     for claim, held in results["claims"].items():
         if claim != "id_curve_thirds":
             lines.append(f"- {claim.strip()}: {'yes' if held else 'no'}")
-    lines.append("- r_id first third → last third: " + ", ".join(
-        f"{v} {a:.3f} → {b:.3f}" for v, (a, b) in results["claims"]["id_curve_thirds"].items()))
+    if "id_curve_thirds" in results["claims"]:
+        lines.append("- r_id first third → last third: " + ", ".join(
+            f"{v} {a:.3f} → {b:.3f}" for v, (a, b) in results["claims"]["id_curve_thirds"].items()))
     lines += ["", "## Repository: videos with a face, moving (r_dyn > 2 px), both", "",
               "| identity | source | videos | face | moving | both |", "|---|---|---|---|---|---|"]
     for name, scatter in results["repository"].items():
