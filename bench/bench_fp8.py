@@ -44,6 +44,8 @@ def main():
     parser.add_argument("--rank", type=int, default=64, help="LoRA rank")
     parser.add_argument("--checkpoint-blocks", type=int, default=21, help="checkpointed blocks of the DPO step")
     parser.add_argument("--attention-backend", default=None, help="fa4, sdpa, _native_cudnn, ... (default: sdpa)")
+    parser.add_argument("--keep-attention", action="store_true",
+                        help="checkpointed blocks keep their attention outputs (speedups.keep_attention_outputs)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per row (median)")
     parser.add_argument("--budget-s", type=float, default=290, help="wall seconds; later rows are skipped past it")
     parser.add_argument("--out", default=None, help="also append the table to this file")
@@ -61,7 +63,8 @@ def main():
         for p in model.lora_parameters("reference") + model.lora_parameters("default"):
             p.copy_(torch.randn(p.shape, generator=generator).to(p) * 0.01)
     P.set_attention(model, args.attention_backend)
-    model.enable_speedups(gradient_checkpointing=True, checkpoint_blocks=args.checkpoint_blocks)  # only under grad
+    model.enable_speedups(gradient_checkpointing=True, checkpoint_blocks=args.checkpoint_blocks,  # only under grad
+                          compile_blocks=not args.small, keep_attention=args.keep_attention)
     n_blocks = len(model.transformer.blocks)
 
     forwards = {f"forward {args.frames}f x2": forward_inputs(model, args.frames, 2, args, device)}
