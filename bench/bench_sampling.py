@@ -52,6 +52,8 @@ def main():
                         help="row groups: forward, sampling, floor (same sampler, another exact attention kernel: "
                              "the bf16 noise floor of the Δ columns), fast, cache (diffusers' cache hooks), decode, "
                              "profile")
+    parser.add_argument("--attention", default=CUDNN,
+                        help="attention kernel of the fast_sampling rows: _native_cudnn, fa4 (attention.py), sdpa")
     parser.add_argument("--out", default=None, help="also append the tables to this file")
     args = parser.parse_args()
     if args.small:
@@ -149,21 +151,22 @@ def main():
     variants = [("stock WanPipeline, eager", False, None, stock, args.steps)]  # the reference of every Δ
     if "floor" in groups:
         variants.append(("stock, eager, FlashAttention-2 kernel (Δ floor)", False, "_native_flash", stock, args.steps))
+    A = args.attention
     if "sampling" in groups:
         variants += [("stock WanPipeline, compiled", True, None, stock, args.steps),
                      ("stock WanPipeline, compiled + cuDNN", True, CUDNN, stock, args.steps),
-                     ("fast_sampling lossless (compiled + cuDNN)", True, CUDNN, fast(), args.steps)]
+                     (f"fast_sampling lossless (compiled + {A})", True, A, fast(), args.steps)]
     if "sampling" not in groups and groups & {"fast", "cache"}:  # the speed the lossy rows are to beat
-        variants.append(("fast_sampling lossless (compiled + cuDNN)", True, CUDNN, fast(), args.steps))
+        variants.append((f"fast_sampling lossless (compiled + {A})", True, A, fast(), args.steps))
     if "fast" in groups:
-        variants.append(("fast: cfg_interval=2", True, CUDNN, fast(cfg_interval=2), args.steps))
+        variants.append(("fast: cfg_interval=2", True, A, fast(cfg_interval=2), args.steps))
         for n in [int(s) for s in args.fast_steps.split(",") if s]:
-            variants.append((f"fast: steps={n}", True, CUDNN, fast(steps=n), n))
+            variants.append((f"fast: steps={n}", True, A, fast(steps=n), n))
         n = min(int(s) for s in args.fast_steps.split(","))
-        variants.append((f"fast: steps={n}, cfg_interval=2", True, CUDNN, fast(steps=n, cfg_interval=2), n))
+        variants.append((f"fast: steps={n}, cfg_interval=2", True, A, fast(steps=n, cfg_interval=2), n))
     if "cache" in groups:  # the hooks' skips are their own compiled graphs: the warm-up runs the row itself
         for spec in [s for s in args.caches.split(",") if s]:
-            variants.append((f"cache: {spec}", "warm-up run", CUDNN, fast(cache=spec), args.steps))
+            variants.append((f"cache: {spec}", "warm-up run", A, fast(cache=spec), args.steps))
 
     rows, reference, stock_seconds, last = [], None, None, None
     lossless_blocks = 2 * args.steps * len(model.transformer.blocks)  # one video, CFG: 2 rows a step
