@@ -6,7 +6,8 @@ likelier), the margin grows just as well when Δ(x_l) rises (the loser less like
 winner likelier). Only the second makes the preferred videos (for dynamic pairs: the moving ones) more
 probable. For a finished run, this measures Δ(x_w) and Δ(x_l) on its own pairs, with the reference the
 identity-stage LoRA and the policy the MagicID LoRA, averaged over the same draws of (t, ε) for every video,
-and also Δ on the identity stage's own repository videos (what the policy samples before DPO).
+and also Δ on the identity stage's own repository videos (what the policy samples before DPO). Beside Δ,
+e_ref itself: how far a video is from what the reference draws (its own samples have the smallest).
 
     python toyworld/dpo_probe.py --run runs/tw_seed/astronaut --draws 8
 """
@@ -44,20 +45,21 @@ def main(argv=None) -> str:
     lines = [f"# Where the DPO margin came from: {run}", "",
              f"Δ = e_policy − e_reference (MagicID LoRA vs identity LoRA), mean over {args.draws} shared (t, ε) "
              "draws, ×1000; < 0: the video became likelier.", "",
-             "| videos | n | mean Δ ×1000 | fraction of pairs |", "|---|---|---|---|"]
+             "| videos | n | mean e_ref | mean Δ ×1000 | fraction of pairs |", "|---|---|---|---|---|"]
     for rule in ("identity", "dynamic"):
         chosen = pairs[rule]
         if not chosen["pairs"]:
             continue
-        winners = np.array([delta(w, prompt) for (w, _), prompt in zip(chosen["pairs"], chosen["prompts"])])
+        winners = np.array([delta(w, prompt) for (w, _), prompt in zip(chosen["pairs"], chosen["prompts"])])  # [P, 2]
         losers = np.array([delta(l, prompt) for (_, l), prompt in zip(chosen["pairs"], chosen["prompts"])])
-        lines.append(f"| {rule} winners | {len(winners)} | {1000 * winners.mean():+.3f} | winner likelier: "
-                     f"{(winners < 0).mean():.2f} of pairs |")
-        lines.append(f"| {rule} losers | {len(losers)} | {1000 * losers.mean():+.3f} | loser less likely: "
-                     f"{(losers > 0).mean():.2f} of pairs |")
+        lines.append(f"| {rule} winners | {len(winners)} | {winners[:, 1].mean():.3f} | {1000 * winners[:, 0].mean():+.3f} "
+                     f"| winner likelier: {(winners[:, 0] < 0).mean():.2f} of pairs |")
+        lines.append(f"| {rule} losers | {len(losers)} | {losers[:, 1].mean():.3f} | {1000 * losers[:, 0].mean():+.3f} "
+                     f"| loser less likely: {(losers[:, 0] > 0).mean():.2f} of pairs |")
     own = [e for e in repo.entries() if e["source"] == "finetuned"]   # the identity stage's own samples
-    values = np.array([delta(e["id"], e["prompt"]) for e in own])
-    lines.append(f"| identity-stage samples (repository) | {len(values)} | {1000 * values.mean():+.3f} | |")
+    values = np.array([delta(e["id"], e["prompt"]) for e in own])     # [V, 2]
+    lines.append(f"| identity-stage samples (repository) | {len(values)} | {values[:, 1].mean():.3f} "
+                 f"| {1000 * values[:, 0].mean():+.3f} | |")
     text = "\n".join(lines) + "\n"
     (run / "dpo_probe.md").write_text(text)
     print(text)
@@ -65,13 +67,14 @@ def main(argv=None) -> str:
 
 
 class ErrorChange:
-    """Δ(video) = mean over fixed (t, ε) draws of e_policy − e_reference, for a repository video and prompt."""
+    """(Δ, e_ref) of a repository video and prompt: means over fixed (t, ε) draws of e_policy − e_reference
+    and of e_reference."""
 
     def __init__(self, model, repo, draws: int):
         self.model, self.repo, self.draws = model, repo, draws
 
     @torch.no_grad()
-    def __call__(self, video_id: str, prompt: str) -> float:
+    def __call__(self, video_id: str, prompt: str) -> tuple[float, float]:
         x0 = self.repo.latents(video_id)[None].float().repeat(self.draws, 1, 1, 1, 1)   # [D, C, F, H, W]
         generator = torch.Generator().manual_seed(0)        # the same draws for every video: Δs compare
         t = self.model.sample_timesteps(self.draws, generator)                          # [D]
@@ -81,7 +84,7 @@ class ErrorChange:
         for name in ("policy", "reference"):
             with self.model.adapter(name):
                 errors[name] = self.model.denoising_error(x0, noise, t, text)             # [D]
-        return float((errors["policy"] - errors["reference"]).mean())
+        return float((errors["policy"] - errors["reference"]).mean()), float(errors["reference"].mean())
 
 
 if __name__ == "__main__":
