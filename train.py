@@ -60,15 +60,18 @@ PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 # same r_id on the README run, 0.928 vs 0.925, and pushed it past 5 minutes); its VAE draws one dlib can find
 # when the face fills the frame (1.5 face heights). 2 evaluation seeds: time too (toyworld/benchmark.py uses 3).
 # DPO at 2e-5 and β = 100: at 2e-4 or β = 2500 the loss saturates within ~10 steps (toyworld/README.md, dpo.py).
+# published: 33-frame videos, 10 repository prompts (x 4 videos x 2 sources) and 6 report videos per model, so
+# that a whole run takes under an hour on one H100 (bench/time_to_lora.py extrapolates this preset to ~56 min; 81
+# frames, 20 prompts and 12 report videos per model to ~3.7 h). generate.py still makes the model's 81 frames.
 PRESETS = {
     "tiny": dict(identity_steps=1000, dpo_identity_steps=60, dpo_dynamic_steps=60, lr=2e-3, dpo_lr=2e-5,
                  rank=64, lora_targets="attention+ffn", face_framing=1.5, batch_size=2, videos_per_prompt=4,
                  num_prompts=4, static_videos=4, eval_prompts=3, eval_seeds=2, sample_steps=12, checkpoint_every=50,
-                 grad_checkpointing=False, beta=100.0),
+                 grad_checkpointing=False, beta=100.0, frames=None),
     "published": dict(identity_steps=800, dpo_identity_steps=300, dpo_dynamic_steps=300, lr=1e-4, dpo_lr=1e-5,
                       rank=64, lora_targets="attention", face_framing=3.0, batch_size=1, videos_per_prompt=4,
-                      num_prompts=20, static_videos=16, eval_prompts=6, eval_seeds=2, sample_steps=30,
-                      checkpoint_every=100, grad_checkpointing=True, beta=BETA),
+                      num_prompts=10, static_videos=16, eval_prompts=3, eval_seeds=2, sample_steps=30,
+                      checkpoint_every=100, grad_checkpointing=True, beta=BETA, frames=33),
 }
 
 
@@ -112,13 +115,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --grad-checkpointing, recompute only the first N blocks (None: all; on an H100 "
                         "Wan-1.3B fits 24 GiB with 21/30 at 33 frames, 28/30 at 81: bench/NOTES.md)")
     v = p.add_argument_group("videos")
-    v.add_argument("--frames", type=int, default=None, help="frames per video, 4k+1 (None: the model's)")
+    preset_arg(v, "--frames", "frames per training and report video, 4k+1 (None: the model's)", type=int)
     v.add_argument("--height", type=int, default=None, help="pixels (None: the model's)")
     v.add_argument("--width", type=int, default=None, help="pixels (None: the model's)")
     preset_arg(v, "--sample-steps", "denoising steps when generating", type=int)
     v.add_argument("--cfg-interval", type=int, default=1,
                    help="repository fast mode (Wan): the unconditional CFG branch only every k-th step, lossy; "
                         "1 = exact (bench/NOTES.md measures its speed and its effect on the rewards)")
+    v.add_argument("--cache", default=None,
+                   help="repository fast mode (Wan), lossy: a diffusers cache hook that skips transformer blocks "
+                        "while the output barely changes, e.g. sea:0.3 (fast_sampling.cache_config; bench/NOTES.md)")
     preset_arg(v, "--static-videos", "static videos made from the photos", type=int)
     preset_arg(v, "--face-framing", "static videos show the photo cropped to this many face heights (0: whole photo)",
                type=float)
@@ -191,9 +197,9 @@ def train(args) -> Path:
             judge = load_judge(args.judge, str(parallel.device())) if args.judge else None
             model = load_model_from_args(args, args.grad_checkpointing, args.checkpoint_blocks)
         model.check_video_size(args.frames, args.height, args.width)
-        if args.cfg_interval > 1 and not fast_sampling.supports(model):
-            raise ValueError(f"--cfg-interval needs a flow-matching (Wan) model; {args.model!r} samples with "
-                             "its own pipeline: leave --cfg-interval at 1")
+        if (args.cfg_interval > 1 or args.cache) and not fast_sampling.supports(model):
+            raise ValueError(f"--cfg-interval and --cache need a flow-matching (Wan) model; {args.model!r} samples "
+                             "with its own pipeline: leave them out")
         run = Run(args.out, config=vars(args), resume=args.resume, settings=settings, timer=timer)
     except BaseException as error:
         if lock is not None:
@@ -361,7 +367,8 @@ def build_repository(repo, model, prompts, round_index, args, video, scored_add,
         if not seeds:
             continue
         with model.adapter(adapter), timer("repository videos", len(seeds)):  # sampling and the VAE decode
-            videos, latents = model.sample([prompt] * len(seeds), seed=seeds, cfg_interval=args.cfg_interval, **video)
+            videos, latents = model.sample([prompt] * len(seeds), seed=seeds, cfg_interval=args.cfg_interval,
+                                           cache=args.cache, **video)
         with timer("repository scoring", len(seeds)):
             scored_add(videos, latents, [prompt] * len(seeds), source, seeds)
     parallel.barrier()

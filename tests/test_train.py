@@ -154,9 +154,10 @@ def test_a_run_killed_right_after_a_checkpoint_in_each_stage_resumes_to_the_same
             assert (whole[key] == killed[key]).all(), f"{name}: {key} differs"
 
 
-def test_fast_mode_on_a_model_without_fast_sampling_is_refused_before_any_work(tmp_path):
+@pytest.mark.parametrize("fast_flag", [["--cfg-interval", "2"], ["--cache", "sea:0.3"]])
+def test_fast_mode_on_a_model_without_fast_sampling_is_refused_before_any_work(tmp_path, fast_flag):
     process = train(["--ref", astronaut(tmp_path), "--out", str(tmp_path / "run"), *QUICK,
-                     "--model", "tiny-cogvideox", "--cfg-interval", "2"])
+                     "--model", "tiny-cogvideox", *fast_flag])
     _, err = process.communicate(timeout=300)
-    assert process.returncode != 0 and "--cfg-interval" in err and "Traceback" not in err
+    assert process.returncode != 0 and fast_flag[0] in err and "Traceback" not in err
     assert not (tmp_path / "run" / "repository").exists()
