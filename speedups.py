@@ -65,10 +65,11 @@ class SpeedSwitches:
         if gradient_checkpointing:
             blocks = getattr(self.transformer, "blocks", None) or self.transformer.transformer_blocks
             chosen = {id(block) for block in list(blocks)[:checkpoint_blocks]}
+
             def checkpoint_block(block, *args):
                 return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False)
 
-            def checkpoint_block_keeping_attention(block, *args):  # a module-level context_fn: torch.compile needs one
+            def checkpoint_block_keeping_attention(block, *args):  # torch.compile traces only a module-level context_fn
                 return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False,
                                                          context_fn=keep_attention_outputs)
 
