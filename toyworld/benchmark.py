@@ -64,7 +64,8 @@ def main(argv=None) -> dict:
                    help="extra train.py flag for an investigation, e.g. --train-arg=--beta=500 (use a new --out)")
     p.add_argument("--device", default="cpu", help="train.py's and the evaluation's device: cpu or cuda")
     p.add_argument("--no-curve", action="store_true",
-                   help=f"skip the {LONG_FRAMES}-frame identity curve (~40 %% of the evaluation; toyworld/sweep.py's levers)")
+                   help=f"skip the {LONG_FRAMES}-frame identity curve (~40 %% of the evaluation; for "
+                        "toyworld/sweep.py's levers)")
     args = p.parse_args(argv)
     out = Path(args.out)
     references = {name: write_reference(name, out / "refs")

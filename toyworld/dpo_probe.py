@@ -1,6 +1,7 @@
 """toyworld/dpo_probe.py — where did a DPO margin come from: a likelier winner, or a less likely loser?
 
-Diffusion-DPO (dpo.py) grows the implicit reward margin  −(β/2)·[(e_θ(x_w) − e_ref(x_w)) − (e_θ(x_l) − e_ref(x_l))].
+Diffusion-DPO (dpo.py) grows the implicit reward margin
+    −(β/2)·[(e_θ(x_w) − e_ref(x_w)) − (e_θ(x_l) − e_ref(x_l))].
 Writing Δ(x) = e_θ(x) − e_ref(x) (the policy's denoising error on x minus the reference's; < 0: x became
 likelier), the margin grows just as well when Δ(x_l) rises (the loser less likely) as when Δ(x_w) falls (the
 winner likelier). Only the second makes the preferred videos (for dynamic pairs: the moving ones) more
@@ -52,7 +53,8 @@ def main(argv=None) -> str:
             continue
         winners = np.array([delta(w, prompt) for (w, _), prompt in zip(chosen["pairs"], chosen["prompts"])])  # [P, 2]
         losers = np.array([delta(l, prompt) for (_, l), prompt in zip(chosen["pairs"], chosen["prompts"])])
-        lines.append(f"| {rule} winners | {len(winners)} | {winners[:, 1].mean():.3f} | {1000 * winners[:, 0].mean():+.3f} "
+        lines.append(f"| {rule} winners | {len(winners)} | {winners[:, 1].mean():.3f} "
+                     f"| {1000 * winners[:, 0].mean():+.3f} "
                      f"| winner likelier: {(winners[:, 0] < 0).mean():.2f} of pairs |")
         lines.append(f"| {rule} losers | {len(losers)} | {losers[:, 1].mean():.3f} | {1000 * losers[:, 0].mean():+.3f} "
                      f"| loser less likely: {(losers[:, 0] > 0).mean():.2f} of pairs |")

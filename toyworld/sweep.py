@@ -4,13 +4,14 @@ MagicID's levers for restoring motion (K videos per prompt, online rounds, τ_dy
 pairs, β and the DPO lr, an SFT term on winners) all act after the identity stage, so every setting can
 start from one finished benchmark run, the *seed run* (toyworld/benchmark.py). Each configuration gets a
 copy of the seed's
-    identity stage   checkpoint and LoRA (the same 1200 steps: nothing before the repository changes),
+    identity stage   checkpoint and LoRA (the same steps: nothing before the repository changes),
     repository       its videos (seeds 0..K-1 per prompt: a larger K only adds seeds K.., a later round
                      adds its own), and
     evaluation       the base's and the identity stage's held-out videos (same model, prompts, seeds),
 and runs the rest (repository additions, pairs, DPO, MagicID's evaluation) through benchmark.py, without
-the 17-frame identity curve (--no-curve: the levers are about motion). A flag
-that would change what is copied (the identity stage, the video size, the held-out set) is refused.
+the 17-frame identity curve (--no-curve: the levers are about motion). A flag that would change what is
+copied (the identity stage, the video size, the held-out set) is refused. toyworld/README.md, "Claim 2's
+levers", has the sweep this made and the command for a GPU.
 
     python toyworld/sweep.py --seed-run runs/tw_seed --out runs/tw_sweep --jobs 2 \\
         k8=--videos-per-prompt=8 "sft10=--sft-weight=10 --tau-dyn=1" rounds2=--rounds=2
@@ -162,11 +163,12 @@ def table(seed: Path, out: Path, configs: dict, identities: list[str]) -> str:
             continue
         r = json.loads(results.read_text())
         cell = lambda table, variant, metric: "{:.3f} [{:.3f}, {:.3f}]".format(*r[table][variant][metric])
-        rows = [("identity stage", "identity stage")] if name == "seed" else []
-        for label, variant in rows + [("MagicID", "MagicID")]:
-            pairs, dpo = pair_counts(folder, identities), last_tenth(folder, identities)
-            lines.append(f"| {name} {label if name == 'seed' else ''} | {shlex.join(flags)} | "
-                         f"{pairs if variant == 'MagicID' else ''} | {dpo if variant == 'MagicID' else ''} | "
+        variants = ["identity stage", "MagicID"] if name == "seed" else ["MagicID"]
+        for variant in variants:
+            label = f"{name} {variant}" if name == "seed" else name
+            trained = ([pair_counts(folder, identities), last_tenth(folder, identities)]
+                       if variant == "MagicID" else ["", ""])
+            lines.append(f"| {label} | {shlex.join(flags)} | {trained[0]} | {trained[1]} | "
                          f"{cell('table_9', variant, 'r_id')} | {cell('table_9', variant, 'r_dyn')} | "
                          f"{cell('table_people', variant, 'r_dyn')} | {cell('table_people', variant, 'r_id')} |")
     return "\n".join(lines) + "\n"
