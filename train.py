@@ -61,7 +61,7 @@ PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 # when the face fills the frame (1.5 face heights). 2 evaluation seeds: time too (toyworld/benchmark.py uses 3).
 # DPO at 2e-5 and β = 100: at 2e-4 or β = 2500 the loss saturates within ~10 steps (toyworld/README.md, dpo.py).
 # published: 33-frame videos, 10 repository prompts (x 4 videos x 2 sources) and 6 report videos per model, so
-# that a whole run takes under an hour on one H100 (bench/time_to_lora.py extrapolates this preset to ~56 min; 81
+# that a whole run takes under an hour on one H100 (bench/time_to_lora.py extrapolates this preset to 54 min; 81
 # frames, 20 prompts and 12 report videos per model to ~3.7 h). generate.py still makes the model's 81 frames.
 PRESETS = {
     "tiny": dict(identity_steps=1000, dpo_identity_steps=60, dpo_dynamic_steps=60, lr=2e-3, dpo_lr=2e-5,
