@@ -56,15 +56,15 @@ PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 # The settings that differ between the offline toy-world preset (--model tiny, tiny-cogvideox) and a
 # published backbone (Wan2.1 / CogVideoX on one 80 GB GPU); the preset follows --model (ours).
 # tiny: the toy-world base (toyworld/README.md) learns a face it has never seen, and draws it in videos
-# of other prompts, after ~1000 steps at 2e-3 of a LoRA on attention and feed-forward layers (1200 gave the
-# same r_id on the README run, 0.928 vs 0.925, and pushed it past 5 minutes); its VAE draws one dlib can find
-# when the face fills the frame (1.5 face heights). 2 evaluation seeds: time too (toyworld/benchmark.py uses 3).
+# of other prompts, after ~800 steps at 2e-3 of a LoRA on attention and feed-forward layers (README run r_id
+# 0.919; 0.928 at 1200 steps, which pushed the run past 5 minutes); its VAE draws one dlib can find when the
+# face fills the frame (1.5 face heights). 2 evaluation seeds: time too (toyworld/benchmark.py keeps 1200 and 3).
 # DPO at 2e-5 and β = 100: at 2e-4 or β = 2500 the loss saturates within ~10 steps (toyworld/README.md, dpo.py).
 # published: 33-frame videos, 10 repository prompts (x 4 videos x 2 sources) and 6 report videos per model, so
 # that a whole run takes under an hour on one H100 (bench/time_to_lora.py extrapolates this preset to 54 min; 81
 # frames, 20 prompts and 12 report videos per model to ~3.7 h). generate.py still makes the model's 81 frames.
 PRESETS = {
-    "tiny": dict(identity_steps=1000, dpo_identity_steps=60, dpo_dynamic_steps=60, lr=2e-3, dpo_lr=2e-5,
+    "tiny": dict(identity_steps=800, dpo_identity_steps=60, dpo_dynamic_steps=60, lr=2e-3, dpo_lr=2e-5,
                  rank=64, lora_targets="attention+ffn", face_framing=1.5, batch_size=2, videos_per_prompt=4,
                  num_prompts=4, static_videos=4, eval_prompts=3, eval_seeds=2, sample_steps=12, checkpoint_every=50,
                  grad_checkpointing=False, beta=100.0, frames=None),
