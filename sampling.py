@@ -175,7 +175,7 @@ def select_identity_pairs(r_id, r_dyn, prompt, source, *, delta_id=0.1, tau_dyn=
 
 
 def select_dynamic_pairs(r_id, r_dyn, prompt, source, *, delta_id=0.1, dyn_margin=0.2,
-                         max_pairs=None, max_uses=2, r_sem=None, sem_floor=None):
+                         max_pairs=None, max_uses=2, r_sem=None, sem_floor=None, id_tolerance=0.0):
     """Dynamic pairs (frontier-based): a frontier winner that dominates the loser by a margin.
 
     Same inputs as select_identity_pairs. Per prompt, over its generated (non-static) videos:
@@ -185,6 +185,9 @@ def select_dynamic_pairs(r_id, r_dyn, prompt, source, *, delta_id=0.1, dyn_margi
     the spreads (max − min) taken over all eligible generated videos so scores compare across
     prompts; the best pairs are kept greedily, at most max_pairs (None: no cap), each video in
     ≤ max_uses pairs. sem_floor drops videos as in select_identity_pairs.
+    id_tolerance (ours, an investigation switch; 0 is the rule above): the winner may trail the loser's r_id by up
+    to this much, so a moving face can beat a still face the identity model draws a little better
+    (toyworld/README.md's positive control for claim 2).
     """
     r_id, r_dyn, r_sem, prompt, static, eligible, sel = _prepare("dynamic", r_id, r_dyn, prompt, source,
                                                                  r_sem, sem_floor)
@@ -195,6 +198,8 @@ def select_dynamic_pairs(r_id, r_dyn, prompt, source, *, delta_id=0.1, dyn_margi
     groups = {}
     for k in pool:
         groups.setdefault(prompt[k], []).append(k)
+    allowed = np.zeros((len(rewards), 1))            # how far the winner may trail, per reward: [|R|, 1]
+    allowed[0] = id_tolerance
     ws, ls = [], []
     for members in groups.values():
         members = np.array(members)
@@ -206,7 +211,7 @@ def select_dynamic_pairs(r_id, r_dyn, prompt, source, *, delta_id=0.1, dyn_margi
         id_gap, dyn_gap = gaps[0], gaps[1]
         margin = (id_gap >= delta_id / 2 - EPS) | ((dyn_gap > 0) & (dyn_gap >= dyn_margin * r_dyn[l] - EPS))
         reasons = [("winner off the frontier", ~front[a]),
-                   ("loser not dominated", (gaps < 0).any(0)),
+                   ("loser not dominated", (gaps < -allowed).any(0)),
                    ("gap below margin", ~margin)]
         ok = _count_rejections(sel, reasons, len(w))
         ws.append(w[ok])

@@ -142,6 +142,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--delta-id", type=float, default=None, help="identity margin δ_id (None: the backend's calibration)")
     r.add_argument("--tau-dyn", type=float, default=2.0, help="max |Δr_dyn| of an identity pair, px at 256-px side")
     r.add_argument("--dyn-margin", type=float, default=0.2, help="relative r_dyn margin of a dynamic pair")
+    r.add_argument("--dyn-id-tolerance", type=float, default=0.0,
+                   help="a dynamic winner may trail its loser's r_id by this much (0: the paper's dominance; an "
+                        "investigation switch, toyworld/README.md)")
     r.add_argument("--max-pairs", type=int, default=None, help="keep at most this many pairs per rule (None: all)")
     r.add_argument("--max-uses", type=int, default=2, help="times one video may appear in dynamic pairs")
     d = p.add_argument_group("preference optimization")
@@ -384,7 +387,8 @@ def select_pairs(repo, args, delta_id, judged: bool) -> dict:
     identity = select_identity_pairs(table["r_id"], table["r_dyn"], table["prompt"], table["source"],
                                      tau_dyn=args.tau_dyn, **common)
     dynamic = select_dynamic_pairs(table["r_id"], table["r_dyn"], table["prompt"], table["source"],
-                                   dyn_margin=args.dyn_margin, max_uses=args.max_uses, **common)
+                                   dyn_margin=args.dyn_margin, max_uses=args.max_uses,
+                                   id_tolerance=args.dyn_id_tolerance, **common)
     ids = table["id"]
     out = {sel.rule: {"pairs": [[ids[w], ids[l]] for w, l in sel.pairs], "prompts": list(sel.prompts)}
            for sel in (identity, dynamic)}

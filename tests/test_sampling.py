@@ -369,3 +369,17 @@ def test_crop_around_face_centres_the_face_at_the_requested_size():
     # a face at the corner: the crop slides to stay inside the photo, and shrinks if it must
     corner = crop_around_face(image, (0, 0, 200, 200), aspect=1.0, face_scale=3.0)
     assert corner.shape[:2] == (400, 400)
+
+
+def test_dynamic_id_tolerance_lets_a_moving_face_beat_a_slightly_better_still_one():
+    # the toy world's repository in two videos: the base's moving face (0.76, 7.4 px) and the identity model's
+    # still face (0.90, 1.2 px). Neither dominates the other, so the paper's rule makes no pair; a tolerance of
+    # 0.15 on r_id lets motion win, 0.10 is not enough (the winner trails by 0.14)
+    r_id, r_dyn, prompt, source = [0.76, 0.90], [7.4, 1.2], ["p", "p"], ["initial", "finetuned"]
+    assert select_dynamic_pairs(r_id, r_dyn, prompt, source, delta_id=0.1).pairs == []
+    assert select_dynamic_pairs(r_id, r_dyn, prompt, source, delta_id=0.1, id_tolerance=0.10).pairs == []
+    assert select_dynamic_pairs(r_id, r_dyn, prompt, source, delta_id=0.1, id_tolerance=0.15).pairs == [(0, 1)]
+    # the tolerance is on r_id alone: the better face that moves less (0.95, 1.0 px) never wins against more motion
+    # (0.90, 1.2 px), while the moving one wins though its face trails by 0.05
+    sel = select_dynamic_pairs([0.95, 0.90], [1.0, 1.2], prompt, source, delta_id=0.1, id_tolerance=0.15)
+    assert sel.pairs == [(1, 0)] and sel.rejected["loser not dominated"] == 1
