@@ -134,3 +134,19 @@ def test_attention_choice_on_the_cpu(capsys):
     assert "PyTorch SDPA (FlashAttention-4 runs on CUDA GPUs, not on cpu)" in capsys.readouterr().out
     assert all(getattr(m.processor, "_attention_backend", None) is None
                for m in model.transformer.modules() if getattr(m, "processor", None) is not None)
+
+
+def test_train_py_checkpointing_keeps_attention_outputs():
+    # cli.load_model_from_args is how train.py loads: with checkpointing on (and not the low-memory path),
+    # the backward reruns no attention
+    import argparse
+
+    import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_model_args(parser)
+    model = cli.load_model_from_args(parser.parse_args(["--model", "tiny", "--device", "cpu"]),
+                                     gradient_checkpointing=True)
+    with CountAttention() as counter:
+        forward_backward(model, wan_inputs(model))
+    assert counter.calls == 2 * len(model.transformer.blocks)
