@@ -91,7 +91,7 @@ def main():
         P.set_attention(model, backend if device == "cuda" else None)
         model.enable_speedups(gradient_checkpointing=True, checkpoint_blocks=checkpoint_blocks,
                               compile_blocks=compiled, keep_attention=keep_attention)
-        batch = make_batch(model, frames, args, device)
+        batch = P.dpo_batch(model, frames, args.height, args.width, args.pairs, device)
         generator = torch.Generator().manual_seed(0)
 
         def step():  # a bf16 model runs its forwards under autocast (model.denoising_error)
@@ -160,7 +160,7 @@ def main():
         levers(measure, f, args, n_blocks)
     if args.profile and device == "cuda" and best is not None and deadline.allows(60):
         model.enable_speedups(gradient_checkpointing=True, checkpoint_blocks=best)
-        profile_step(model, optimizer, make_batch(model, f, args, device), f"{f} frames, {best}/{n_blocks} checkpointed")
+        profile_step(model, optimizer, P.dpo_batch(model, f, args.height, args.width, args.pairs, device), f"{f} frames, {best}/{n_blocks} checkpointed")
     if "long" in groups and args.long_frames:
         L = args.long_frames
         long_full = measure("compiled, bf16 autocast, all checkpointed", L, True, A, None, 150)
@@ -261,16 +261,6 @@ def fit_free_blocks(peak_all: float, peak_fewer: float, freed: int, target_gib: 
     if per_block <= 0:
         return n_blocks
     return max(0, min(n_blocks, math.floor((target_gib - peak_all) / per_block)))
-
-
-def make_batch(model, frames: int, args, device: str) -> dict:
-    """Precomputed inputs, as train.py caches them: latents of winners and losers, prompt embeddings."""
-    generator = torch.Generator().manual_seed(1)
-    shape = (args.pairs, *model.latent_shape(frames, args.height, args.width))
-    return {"latents_w": torch.randn(shape, generator=generator).to(device),
-            "latents_l": torch.randn(shape, generator=generator).to(device),
-            "text_emb": torch.randn(args.pairs, P.TEXT_TOKENS, model.transformer.config.text_dim,
-                                    generator=generator).to(device, model.dtype)}
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def main():
     if args.long_frames:
         forwards[f"forward {args.long_frames}f x1"] = forward_inputs(model, args.long_frames, 1, args, device)
     dpo_label = f"DPO step {args.frames}f pair, ckpt {min(args.checkpoint_blocks, n_blocks)}/{n_blocks}"
-    dpo_batch = dpo_inputs(model, args.frames, args, device)
+    dpo_batch = P.dpo_batch(model, args.frames, args.height, args.width, 1, device)
     rows, bf16 = [], {}
 
     # the bf16 floor: compiled vs eager blocks, a difference every speed switch already accepts
@@ -138,16 +138,6 @@ def difference(out: torch.Tensor, reference: torch.Tensor) -> list[str]:
     delta = (out - reference).float()
     return [f"{delta.abs().max().item():.2e}", f"{delta.abs().mean().item():.2e}",
             f"{(delta.norm() / reference.float().norm()).item():.2e}"]
-
-
-def dpo_inputs(model, frames: int, args, device: str) -> dict:
-    """Precomputed inputs of one pair, as train.py caches them: latents of winner and loser, prompt embedding."""
-    generator = torch.Generator().manual_seed(1)
-    shape = (1, *model.latent_shape(frames, args.height, args.width))
-    return {"latents_w": torch.randn(shape, generator=generator).to(device),
-            "latents_l": torch.randn(shape, generator=generator).to(device),
-            "text_emb": torch.randn(1, P.TEXT_TOKENS, model.transformer.config.text_dim,
-                                    generator=generator).to(device, torch.bfloat16)}
 
 
 def dpo_row(model, batch, variant: str, label: str, bf16: dict, repeats: int) -> list:

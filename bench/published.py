@@ -18,7 +18,7 @@ times 30 blocks times B·S tokens, plus the patch embedding, text and timestep p
 A DPO step's useful work is one reference forward plus one policy forward and backward,
 counted as 1 + 3 forwards (no recomputation, the backward as twice the forward).
 
-Exports: PUBLISHED_TRANSFORMER, start, build_published, set_compiled, set_attention, tokens, forward_flops,
+Exports: PUBLISHED_TRANSFORMER, start, build_published, set_compiled, set_attention, dpo_batch, tokens, forward_flops,
 dpo_step_flops, environment, matmul_ceiling, timed, timed_once, print_table, Deadline.
 """
 
@@ -82,6 +82,17 @@ def set_compiled(model: VideoModel, on: bool) -> None:
 def set_attention(model: VideoModel, backend: str | None) -> None:
     """The attention kernel: None/"sdpa" = PyTorch SDPA's own choice, "fa4" (attention.py), "_native_cudnn", ..."""
     model.enable_speedups(attention_backend=backend or "sdpa")
+
+
+def dpo_batch(model: VideoModel, frames: int, height: int, width: int, pairs: int, device: str) -> dict:
+    """Precomputed inputs of `pairs` preference pairs, as train.py caches them: latents of winners and losers
+    [pairs, C, f, h, w], prompt embeddings [pairs, TEXT_TOKENS, text_dim] (random, seed 1)."""
+    generator = torch.Generator().manual_seed(1)
+    shape = (pairs, *model.latent_shape(frames, height, width))
+    return {"latents_w": torch.randn(shape, generator=generator).to(device),
+            "latents_l": torch.randn(shape, generator=generator).to(device),
+            "text_emb": torch.randn(pairs, TEXT_TOKENS, model.transformer.config.text_dim,
+                                    generator=generator).to(device, model.dtype)}
 
 
 def configure_dynamo() -> None:
