@@ -68,14 +68,15 @@ def preference_step(model, batch, beta=BETA, sft_weight=0.0, policy_adapter="def
     """
     latents_w, latents_l = batch["latents_w"], batch["latents_l"]
     B = latents_w.shape[0]
-    x0 = torch.cat([latents_w, latents_l]).to(model.device, torch.float32)   # [2B, C, F, H, W]
-    text_emb = batch["text_emb"].to(model.device).repeat(2, 1, 1)            # [2B, L, D]
+    # model.to_device: copies queued behind the GPU's work, so the host never waits on it mid-loop
+    x0 = model.to_device(torch.cat([latents_w, latents_l]).float())         # [2B, C, F, H, W]
+    text_emb = model.to_device(batch["text_emb"]).repeat(2, 1, 1)            # [2B, L, D]
     # One t and one ε per pair, shared by winner and loser: otherwise the error gap is mostly
     # the difference between two noise draws, not between the two videos.
     t = model.sample_timesteps(B, generator).repeat(2)                       # [2B]
     noise_device = generator.device if generator is not None else model.device
     noise = torch.randn(latents_w.shape, generator=generator, device=noise_device)
-    noise = noise.to(model.device).repeat(2, 1, 1, 1, 1)                     # [2B, C, F, H, W]
+    noise = model.to_device(noise).repeat(2, 1, 1, 1, 1)                     # [2B, C, F, H, W]
 
     with model.adapter(policy_adapter):
         e_theta = model.denoising_error(x0, noise, t, text_emb)              # [2B]

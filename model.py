@@ -127,6 +127,18 @@ class VideoModel(LoraAdapters, SpeedSwitches):
     def dtype(self) -> torch.dtype:
         return self.transformer.dtype
 
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A CPU tensor (a draw, a cached latent) onto the model's device without stopping the host.
+
+        A plain .to("cuda") of ordinary (pageable) memory waits until the GPU has finished everything queued
+        before it; once per training step that drains the queue, and the GPU idles while the host prepares the
+        next step (adapter switches, kernel launches: ~0.1 s a DPO step on an H100, bench/NOTES.md). From pinned
+        memory the copy is queued behind that work instead, and torch keeps the pinned buffer until it is done.
+        """
+        if self.device.type != "cuda" or tensor.device.type != "cpu":
+            return tensor.to(self.device)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
     # ------------------------------------------------------------------ text and video <-> latents
 
     @torch.no_grad()
@@ -197,9 +209,9 @@ class VideoModel(LoraAdapters, SpeedSwitches):
             u = torch.rand(n, generator=generator, device="cpu")
             shift = float(self.pipe.scheduler.config.get("flow_shift") or self.pipe.scheduler.config.get("shift") or 1.0)
             sigma = shift * u / (1 + (shift - 1) * u)
-            return (sigma * 1000).clamp(max=999.0).to(self.device)
+            return self.to_device((sigma * 1000).clamp(max=999.0))
         steps = self.pipe.scheduler.config.num_train_timesteps
-        return torch.randint(0, steps, (n,), generator=generator, device="cpu").float().to(self.device)
+        return self.to_device(torch.randint(0, steps, (n,), generator=generator, device="cpu").float())
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t for clean latents x0 [B, ...], noise ε like x0, timesteps t [B]."""

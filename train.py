@@ -283,8 +283,9 @@ def optimize(run: Run, stage: str, model, steps: int, lr: float, args, item_loss
 
     item_loss(step, i) -> (loss, metrics of 0-d tensors) computes batch item i of the step. Items are spread
     over processes (parallel.py) and each one is backpropagated on its own (gradient accumulation), so
-    memory holds one item's activations whatever the batch. Metrics become numbers once per step, at
-    logging time, so the GPU never waits on them mid-step.
+    memory holds one item's activations whatever the batch. A step's metrics become numbers only after the
+    next step is queued on the GPU (one device -> host copy, a step late): the host prepares step k + 1
+    (data, adapter switches, launches) while the GPU still runs step k, and the GPU never idles between steps.
     """
     params = model.lora_parameters("default")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -293,9 +294,17 @@ def optimize(run: Run, stage: str, model, steps: int, lr: float, args, item_loss
         run.finish(stage)
         return
     rank, world = parallel.rank_and_world()
+    pending = None  # (step, lr, started, metric names, their values on the GPU): logged a step late
+
+    def log_pending(next_started=None):  # next_started None: the clock stops once the values are here
+        done_step, done_lr, started, keys, values = pending
+        numbers = values.tolist()  # waits for step done_step's GPU work only
+        run.log(stage, done_step, {**dict(zip(keys, numbers)), "lr": done_lr,
+                                   "seconds": (next_started or time.perf_counter()) - started})
+
     for step in tqdm(range(start, steps), desc=stage, unit="step", initial=start, total=steps,
                      disable=not parallel.is_main()):
-        step_start = time.perf_counter()  # the last step's .tolist() waited for the GPU: the clock starts clean
+        step_start = time.perf_counter()  # a step's seconds: from its start to the next one's (the first compiles)
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / max(1, args.warmup))
         optimizer.zero_grad(set_to_none=False)
@@ -311,10 +320,13 @@ def optimize(run: Run, stage: str, model, steps: int, lr: float, args, item_loss
         keys = sorted(totals)
         means = torch.stack([totals[k] for k in keys]).to(params[0].device)  # [metrics], float64
         parallel.sum_across([means])
-        logged = dict(zip(keys, (means / args.batch_size).tolist()))      # the step's one device -> host copy
-        run.log(stage, step, {**logged, "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm.item(),
-                              "seconds": time.perf_counter() - step_start})  # the first step's holds compiling
+        values = torch.cat([means / args.batch_size, grad_norm.detach().double().view(1)])  # still on the GPU
+        if pending:
+            log_pending(next_started=step_start)
+        pending = (step, optimizer.param_groups[0]["lr"], step_start, keys + ["grad_norm"], values)
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == steps:
+            log_pending()  # the log holds every step a checkpoint holds
+            pending = None
             run.save_checkpoint(stage, step + 1, params, optimizer)
     run.finish(stage)
 
@@ -345,10 +357,10 @@ def reconstruction_loss(model, repo, statics, text_cache, args, step_seed, step,
     step_seed(step[, item]) seeds the step's draws: which videos, t and ε."""
     picks = np.random.default_rng(step_seed(step)).integers(0, len(statics), args.batch_size)
     video = statics[picks[item]]
-    x0 = repo.latents(video["id"])[None].to(model.device, torch.float32)  # [1, C, F, H, W]
+    x0 = model.to_device(repo.latents(video["id"])[None].float())          # [1, C, F, H, W]
     generator = torch.Generator().manual_seed(step_seed(step, item))
     t = model.sample_timesteps(1, generator)                               # [1]
-    noise = torch.randn(x0.shape, generator=generator).to(model.device)    # [1, C, F, H, W]
+    noise = model.to_device(torch.randn(x0.shape, generator=generator))    # [1, C, F, H, W]
     loss = model.denoising_error(x0, noise, t, text_cache([video["prompt"]])).mean()
     return loss, {"loss": loss.detach()}
 

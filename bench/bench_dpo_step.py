@@ -8,10 +8,15 @@ bf16 autocast of the fp32 LoRA matmuls, compiled blocks, then fewer checkpointed
 blocks (as few as keep the peak under --memory-gib, found from the measured cost of a block), and the
 same at 81 frames.
 
-Useful MFU = (1 reference forward + 3 policy forwards) of bench/published.py's FLOP formula per
-second, over the bf16 matmul ceiling measured in the same run.
+Each row is timed two ways: "synced", the device synchronized around every step (the host's preparation
+of a step then shows as GPU idle time), and "loop", steps back to back with one synchronization at the
+end, as train.py's loop runs them (its logging reads a step's numbers one step late). Useful MFU =
+(1 reference forward + 3 policy forwards) of bench/published.py's FLOP formula per second of the loop,
+over the bf16 matmul ceiling measured in the same run.
 
     python bench/bench_dpo_step.py --profile       # GPU, 33 frames 480x832 then 81 frames (~9 minutes)
+    python bench/bench_dpo_step.py --rows loop --attention-backend fa4 --checkpoint-blocks 23 --long-frames 0
+                                                   # train.py's loop: host gaps, FP8, max-autotune (~6 minutes)
     python bench/bench_dpo_step.py --small         # CPU, 2 blocks, tiny video: checks the script
 """
 
@@ -54,8 +59,11 @@ def main():
                         help="diffusers attention kernel for every row (default: PyTorch SDPA's choice)")
     parser.add_argument("--rows", default="eager,compiled,long",
                         help="row groups to run: eager, compiled (+ selective checkpointing), long, syncs, "
-                             "budget (compiler-chosen recomputation), levers (FA4, checkpointing that keeps attention)")
+                             "budget (compiler-chosen recomputation), levers (FA4, checkpointing that keeps attention), "
+                             "loop (train.py's loop: host-side latents, where GPU time goes, max-autotune, FP8)")
     parser.add_argument("--profile", action="store_true", help="print where the GPU time of the best step goes")
+    parser.add_argument("--max-autotune", action="store_true", help="loop rows: also inductor's max-autotune")
+    parser.add_argument("--fp8", action="store_true", help="loop rows: also FP8 with fast accumulation (last)")
     parser.add_argument("--out", default=None, help="also append the table to this file")
     args = parser.parse_args()
     if args.small:
@@ -74,24 +82,29 @@ def main():
 
     rows, state = [], {}
 
-    def measure(label, frames, compiled, backend, checkpoint_blocks, estimate_s, keep_attention=False):
+    def measure(label, frames, compiled, backend, checkpoint_blocks, estimate_s, keep_attention=False,
+                latents_on_host=False):
         """One row: `repeats` timed steps after warm-up (the first step compiles); OOM is a result too."""
         try:
-            return measure_row(label, frames, compiled, backend, checkpoint_blocks, estimate_s, keep_attention)
+            return measure_row(label, frames, compiled, backend, checkpoint_blocks, estimate_s, keep_attention,
+                               latents_on_host)
         except Exception as error:  # one broken lever must not cost the rest of the table
             traceback.print_exc()
-            rows.append([label, frames, f"error: {type(error).__name__}", "", "", "", "", ""])
+            rows.append([label, frames, f"error: {type(error).__name__}", "", "", "", "", "", ""])
             return None
 
-    def measure_row(label, frames, compiled, backend, checkpoint_blocks, estimate_s, keep_attention):
+    def measure_row(label, frames, compiled, backend, checkpoint_blocks, estimate_s, keep_attention,
+                    latents_on_host=False):
         if not deadline.allows(estimate_s):
-            rows.append([label, frames, "skipped: out of time", "", "", "", "", ""])
+            rows.append([label, frames, "skipped: out of time", "", "", "", "", "", ""])
             return None
         P.set_compiled(model, compiled)
         P.set_attention(model, backend if device == "cuda" else None)
         model.enable_speedups(gradient_checkpointing=True, checkpoint_blocks=checkpoint_blocks,
                               compile_blocks=compiled, keep_attention=keep_attention)
         batch = P.dpo_batch(model, frames, args.height, args.width, args.pairs, device)
+        if latents_on_host:  # as train.py reads them from the repository: CPU latents, cached text on the GPU
+            batch = {key: value.cpu() if key.startswith("latents") else value for key, value in batch.items()}
         generator = torch.Generator().manual_seed(0)
 
         def step():  # a bf16 model runs its forwards under autocast (model.denoising_error)
@@ -104,12 +117,14 @@ def main():
         try:
             P.reset_peak()
             first, _ = P.timed_once(step)
-            seconds = P.timed(step, warmup=1, repeats=args.repeats if frames == args.frames else 3)
+            repeats = args.repeats if frames == args.frames else 3
+            synced = P.timed(step, warmup=1, repeats=repeats)
+            seconds = P.timed_loop(step, repeats)
         except torch.OutOfMemoryError:
             optimizer.zero_grad(set_to_none=True)
             state.clear()
             torch.cuda.empty_cache()
-            rows.append([label, frames, "OOM", "", "", "", "", ""])
+            rows.append([label, frames, "OOM", "", "", "", "", "", ""])
             print(rows[-1], flush=True)
             return None
         S = P.tokens(frames, args.height, args.width)
@@ -117,9 +132,10 @@ def main():
         tflops = useful / seconds / 1e12
         gib = P.peak_gib()
         ckpt = n_blocks if checkpoint_blocks is None else checkpoint_blocks
-        rows.append([label, frames, f"{seconds:.3f}", f"{tflops:.0f}", f"{tflops / ceiling:.0%}", f"{gib:.1f}",
-                     f"{ckpt}/{n_blocks}", f"{first:.0f}"])
+        rows.append([label, frames, f"{synced:.3f}", f"{seconds:.3f}", f"{tflops:.0f}", f"{tflops / ceiling:.0%}",
+                     f"{gib:.1f}", f"{ckpt}/{n_blocks}", f"{first:.0f}"])
         print(rows[-1], f"loss {state['loss'].item():.4f}", flush=True)
+        state["step"] = step
         return seconds, gib
 
     S = P.tokens(args.frames, args.height, args.width)
@@ -158,6 +174,8 @@ def main():
             measure("no checkpointing (memory reference)", f, True, A, 0, 30)
     if "levers" in groups:  # issue 16: FlashAttention-4, then selective checkpointing that keeps attention
         levers(measure, f, args, n_blocks)
+    if "loop" in groups:
+        loop(measure, model, optimizer, state, f, args, n_blocks, deadline)
     if args.profile and device == "cuda" and best is not None and deadline.allows(60):
         model.enable_speedups(gradient_checkpointing=True, checkpoint_blocks=best)
         profile_step(model, optimizer, P.dpo_batch(model, f, args.height, args.width, args.pairs, device), f"{f} frames, {best}/{n_blocks} checkpointed")
@@ -172,7 +190,8 @@ def main():
                         A, n_blocks - free, 60)
     P.print_table(f"DPO step, one call of dpo.preference_step + backward + AdamW; {args.pairs} pair(s) = batch "
                   f"{2 * args.pairs}, LoRA r={args.rank}; useful MFU vs {ceiling:.0f} TFLOP/s",
-                  ["variant", "frames", "s/step", "TFLOP/s", "MFU", "peak GiB", "ckpt", "1st step s"], rows, args.out)
+                  ["variant", "frames", "s/step synced", "s/step loop", "TFLOP/s", "MFU", "peak GiB", "ckpt",
+                   "1st step s"], rows, args.out)
     if best is not None:
         print(f"selective checkpointing: {best}/{n_blocks} blocks keep the peak under {args.memory_gib:g} GiB")
 
@@ -201,6 +220,57 @@ def levers(measure, frames: int, args, n_blocks: int) -> None:
         L = args.long_frames
         measure(f"compiled, {A}, all checkpointed", L, True, A, None, 150)
         measure(f"compiled, {A}, all checkpointed keeping attention", L, True, A, None, 150, keep_attention=True)
+
+
+def loop(measure, model, optimizer, state, frames: int, args, n_blocks: int, deadline) -> None:
+    """train.py's DPO loop at the best setting under --memory-gib (--checkpoint-blocks blocks recomputed, keeping
+    attention): latents come from the host as the repository gives them; where the GPU time goes when steps run
+    back to back; then two levers that change the compiled code: inductor's max-autotune (Triton GEMM templates
+    with fused epilogues) and FP8 with fast accumulation (fp8.py; it rounds, so it stays opt-in). FP8 converts the
+    weights in place, so it runs last."""
+    A, k = args.attention_backend or "fa4", min(args.checkpoint_blocks, n_blocks)
+    label = f"compiled, {A}, checkpoint {k}/{n_blocks} keeping attention, latents on the host"
+    if (measure(label, frames, True, A, k, 150, keep_attention=True, latents_on_host=True)
+            and torch.cuda.is_available() and deadline.allows(60)):
+        profile_loop(state["step"], f"{frames} frames, {label}")
+    measure(f"compiled, {A}, no checkpointing (memory reference), latents on the host", frames, True, A, 0, 60,
+            latents_on_host=True)
+    if args.max_autotune and deadline.allows(400):
+        from torch._inductor import config as inductor_config
+
+        inductor_config.max_autotune = True
+        torch._dynamo.reset()
+        measure(f"{label}, max-autotune", frames, True, A, k, 400, keep_attention=True, latents_on_host=True)
+        inductor_config.max_autotune = False
+        torch._dynamo.reset()
+    if args.fp8 and deadline.allows(120):
+        model.enable_fp8(fast_accumulation=True)
+        torch._dynamo.reset()
+        measure(f"{label}, FP8 with fast accumulation", frames, True, A, k, 120, keep_attention=True,
+                latents_on_host=True)
+
+
+def profile_loop(step, title: str, steps: int = 3) -> None:
+    """`steps` steps back to back under the profiler: the share of wall time the GPU is busy, and by what."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - start) * 1e3
+    intervals = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                       if e.device_type == torch.autograd.DeviceType.CUDA)
+    busy_us, last_end = 0.0, -math.inf
+    for begin, end in intervals:  # the union of kernel intervals: overlapping kernels count once
+        busy_us += max(0.0, end - max(begin, last_end))
+        last_end = max(last_end, end)
+    print(f"{title}: {steps} steps back to back, {wall_ms / steps:.0f} ms a step, GPU busy "
+          f"{busy_us / 1e3 / steps:.0f} ms a step ({busy_us / 1e3 / wall_ms:.0%} of the wall)", flush=True)
+    print_kernel_profile(prof, f"{title}, {steps} steps")
 
 
 def time_adapter_switch(model, repeats: int = 20) -> None:

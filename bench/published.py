@@ -19,7 +19,7 @@ A DPO step's useful work is one reference forward plus one policy forward and ba
 counted as 1 + 3 forwards (no recomputation, the backward as twice the forward).
 
 Exports: PUBLISHED_TRANSFORMER, start, build_published, set_compiled, set_attention, dpo_batch, tokens, forward_flops,
-dpo_step_flops, environment, matmul_ceiling, timed, timed_once, print_table, Deadline.
+dpo_step_flops, environment, matmul_ceiling, timed, timed_loop, timed_once, print_table, Deadline.
 """
 
 from __future__ import annotations
@@ -173,6 +173,19 @@ def timed(fn, warmup: int = 2, repeats: int = 5) -> float:
         sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def timed_loop(fn, repeats: int = 5) -> float:
+    """Wall seconds per call of `repeats` calls back to back, the device synchronized only before and after:
+    the host prepares call k + 1 while the device runs call k, as in a training loop that never waits on it."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / repeats
 
 
 def timed_once(fn):
