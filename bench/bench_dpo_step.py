@@ -16,7 +16,7 @@ over the bf16 matmul ceiling measured in the same run.
 
     python bench/bench_dpo_step.py --profile       # GPU, 33 frames 480x832 then 81 frames (~9 minutes)
     python bench/bench_dpo_step.py --rows loop --attention-backend fa4 --checkpoint-blocks 23 --long-frames 0
-                                                   # train.py's loop: host gaps, FP8, max-autotune (~6 minutes)
+                                                   # train.py's loop: host gaps, compiler variants, FP8
     python bench/bench_dpo_step.py --small         # CPU, 2 blocks, tiny video: checks the script
 """
 
@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch._dynamo
 from torch._functorch import config as functorch_config
+from torch._inductor import config as inductor_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -62,8 +63,9 @@ def main():
                              "budget (compiler-chosen recomputation), levers (FA4, checkpointing that keeps attention), "
                              "loop (train.py's loop: host-side latents, where GPU time goes, max-autotune, FP8)")
     parser.add_argument("--profile", action="store_true", help="print where the GPU time of the best step goes")
-    parser.add_argument("--max-autotune", action="store_true", help="loop rows: also inductor's max-autotune")
-    parser.add_argument("--fp8", action="store_true", help="loop rows: also FP8 with fast accumulation (last)")
+    parser.add_argument("--variants", default="reductions,autotune,fp8",
+                        help="loop rows: compiler variants, cumulative, in this order (reductions, autotune, fp8)")
+    parser.add_argument("--no-checkpoint-row", action="store_true", help="loop rows: also no checkpointing at all")
     parser.add_argument("--out", default=None, help="also append the table to this file")
     args = parser.parse_args()
     if args.small:
@@ -134,7 +136,9 @@ def main():
         ckpt = n_blocks if checkpoint_blocks is None else checkpoint_blocks
         rows.append([label, frames, f"{synced:.3f}", f"{seconds:.3f}", f"{tflops:.0f}", f"{tflops / ceiling:.0%}",
                      f"{gib:.1f}", f"{ckpt}/{n_blocks}", f"{first:.0f}"])
-        print(rows[-1], f"loss {state['loss'].item():.4f}", flush=True)
+        retries = torch.cuda.memory_stats().get("num_alloc_retries", 0) if torch.cuda.is_available() else 0
+        print(rows[-1], f"loss {state['loss'].item():.4f}, allocator retries so far {retries} (each frees the cache: "
+              f"a device sync)", flush=True)
         state["step"] = step
         return seconds, gib
 
@@ -225,29 +229,48 @@ def levers(measure, frames: int, args, n_blocks: int) -> None:
 def loop(measure, model, optimizer, state, frames: int, args, n_blocks: int, deadline) -> None:
     """train.py's DPO loop at the best setting under --memory-gib (--checkpoint-blocks blocks recomputed, keeping
     attention): latents come from the host as the repository gives them; where the GPU time goes when steps run
-    back to back; then two levers that change the compiled code: inductor's max-autotune (Triton GEMM templates
-    with fused epilogues) and FP8 with fast accumulation (fp8.py; it rounds, so it stays opt-in). FP8 converts the
-    weights in place, so it runs last."""
+    back to back; then --variants, each compiled afresh and fitted to --memory-gib again from two measured peaks
+    (all blocks checkpointed, half of them): "reductions" lets the partitioner recompute norms instead of saving
+    their outputs (smaller blocks, so more of them fit un-checkpointed), "autotune" is inductor's max-autotune
+    (Triton GEMM templates with fused epilogues), "fp8" FP8 with fast accumulation (fp8.py; it rounds, so it stays
+    opt-in; it converts the weights in place, so it runs last and keeps the variants before it)."""
     A, k = args.attention_backend or "fa4", min(args.checkpoint_blocks, n_blocks)
     label = f"compiled, {A}, checkpoint {k}/{n_blocks} keeping attention, latents on the host"
     if (measure(label, frames, True, A, k, 150, keep_attention=True, latents_on_host=True)
             and torch.cuda.is_available() and deadline.allows(60)):
         profile_loop(state["step"], f"{frames} frames, {label}")
-    measure(f"compiled, {A}, no checkpointing (memory reference), latents on the host", frames, True, A, 0, 60,
-            latents_on_host=True)
-    if args.max_autotune and deadline.allows(400):
-        from torch._inductor import config as inductor_config
-
-        inductor_config.max_autotune = True
-        torch._dynamo.reset()
-        measure(f"{label}, max-autotune", frames, True, A, k, 400, keep_attention=True, latents_on_host=True)
-        inductor_config.max_autotune = False
-        torch._dynamo.reset()
-    if args.fp8 and deadline.allows(120):
-        model.enable_fp8(fast_accumulation=True)
-        torch._dynamo.reset()
-        measure(f"{label}, FP8 with fast accumulation", frames, True, A, k, 120, keep_attention=True,
+    if args.no_checkpoint_row:
+        measure(f"compiled, {A}, no checkpointing (memory reference), latents on the host", frames, True, A, 0, 60,
                 latents_on_host=True)
+    settings, names = {}, []
+    for variant in [v for v in args.variants.split(",") if v]:
+        if variant == "fp8":
+            model.enable_fp8(fast_accumulation=True)
+        else:
+            settings.update({"reductions": {"ban_recompute_reductions": False}, "autotune": {}}[variant])
+            if variant == "autotune":
+                inductor_config.max_autotune = True
+        names.append(variant)
+        with functorch_config.patch(settings):
+            torch._dynamo.reset()
+            fit_and_measure(measure, f"{label.replace(f'checkpoint {k}/{n_blocks} ', '')}, + {' + '.join(names)}",
+                            frames, A, n_blocks, args.memory_gib, 400 if variant == "autotune" else 90)
+    inductor_config.max_autotune = False
+    torch._dynamo.reset()
+
+
+def fit_and_measure(measure, label: str, frames: int, A: str, n_blocks: int, memory_gib: float, estimate_s: float):
+    """All blocks checkpointed keeping attention, half of them, then as few as fit memory_gib (linear in blocks)."""
+    half = n_blocks // 2
+    kept_all = measure(f"{label}, all checkpointed", frames, True, A, None, estimate_s, keep_attention=True,
+                       latents_on_host=True)
+    kept_half = measure(f"{label}, {half}/{n_blocks}", frames, True, A, half, 60, keep_attention=True,
+                        latents_on_host=True)
+    if kept_all and kept_half:
+        k = n_blocks - fit_free_blocks(kept_all[1], kept_half[1], n_blocks - half, memory_gib, n_blocks)
+        if k not in (half, n_blocks):
+            measure(f"{label}, {k}/{n_blocks} (fits {memory_gib:g} GiB)", frames, True, A, k, 60,
+                    keep_attention=True, latents_on_host=True)
 
 
 def profile_loop(step, title: str, steps: int = 3) -> None:
@@ -301,22 +324,25 @@ def profile_step(model, optimizer, batch, title: str) -> None:
 
 
 def print_kernel_profile(prof, title: str) -> None:
-    kernels = [(e.key, e.self_device_time_total / 1e3) for e in prof.key_averages() if e.self_device_time_total > 0]
+    # kernels only: a CPU op's own device time is its kernels' again (and CUPTI's "Command Buffer Full" is no kernel)
+    kernels = [(e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()
+               if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0
+               and "Command Buffer" not in e.key]
     families = {}
-    for name, ms in kernels:
+    for name, ms, _ in kernels:
         families[kernel_family(name)] = families.get(kernel_family(name), 0.0) + ms
     total = sum(families.values())
     P.print_table(f"GPU time by kernel family, {title}: {total:.0f} ms", ["family", "ms", "share"],
                   [[k, f"{v:.0f}", f"{v / total:.0%}"] for k, v in sorted(families.items(), key=lambda kv: -kv[1])])
-    P.print_table("top kernels", ["kernel", "ms"],
-                  [[name[:90], f"{ms:.0f}"] for name, ms in sorted(kernels, key=lambda kv: -kv[1])[:12]])
+    P.print_table("top kernels", ["kernel", "ms", "calls"],
+                  [[name[:100], f"{ms:.0f}", count] for name, ms, count in sorted(kernels, key=lambda kv: -kv[1])[:30]])
 
 
 def kernel_family(name: str) -> str:
     n = name.lower()
     if any(k in n for k in ("fmha", "flash", "cudnn", "sdpa", "attention", "attn")):
         return "attention (bwd)" if ("bwd" in n or "backward" in n or "dgrad" in n) else "attention"
-    if any(k in n for k in ("gemm", "xmma", "cutlass", "nvjet", "matmul", "sm90")):
+    if any(k in n for k in ("gemm", "xmma", "cutlass", "nvjet", "matmul", "sm90", "triton_tem")):
         return "GEMM"
     if "triton" in n:
         return "compiled element-wise (Triton)"
