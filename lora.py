@@ -44,7 +44,7 @@ class LoraAdapters:
     def _init_adapters(self) -> None:
         self._trainable_adapters: set[str] = set()
         self._tuner_layers: list = []  # peft's LoRA layers, found when an adapter is added
-        self._lora_params: list = []   # (name, parameter) of every adapter
+        self._lora_params: list = []   # (parameter, whether it trains) of every adapter
 
     def add_lora(self, rank: int, targets: str = "attention", name: str = "default", trainable: bool = True,
                  alpha: float | None = None, seed: int = 0) -> None:
@@ -127,7 +127,8 @@ class LoraAdapters:
         # Found once here, not at every switch: walking the whole module tree twice per DPO step cost
         # ~50 ms of host time on the published 1.3B model (bench/NOTES.md).
         self._tuner_layers = [m for m in self.transformer.modules() if isinstance(m, BaseTunerLayer)]
-        self._lora_params = [(key, p) for key, p in self.transformer.named_parameters() if "lora_" in key]
+        self._lora_params = [(p, any(f".{n}." in key for n in self._trainable_adapters))
+                             for key, p in self.transformer.named_parameters() if "lora_" in key]
         self._activate(name)
 
     def _active_adapters(self):
@@ -136,16 +137,20 @@ class LoraAdapters:
         return self._tuner_layers[0].active_adapters[0]
 
     def _activate(self, name: str | None) -> None:
+        # Host time matters here: DPO switches four times a step, and peft's calls walk every adapter's weights.
+        # So each layer gets only the calls that change something (enable_adapters(True) would set_adapter again).
         for module in self._tuner_layers:
             if name is None:
-                module.enable_adapters(False)
-            else:
-                module.enable_adapters(True)
+                if not module.disable_adapters:
+                    module.enable_adapters(False)
+            elif module.disable_adapters or module.active_adapters != [name]:
                 module.set_adapter(name)
+                if module.disable_adapters:
+                    module.enable_adapters(True)
         # peft ties requires_grad to "active"; we tie it to "trainable" instead, so switching to the
         # reference adapter for a no-grad forward does not silently change what the optimizer trains.
-        for key, p in self._lora_params:
-            p.requires_grad_(any(f".{n}." in key for n in self._trainable_adapters))
+        for p, trains in self._lora_params:
+            p.requires_grad_(trains)
 
 
 def find_lora(path: str) -> tuple[str, dict]:

@@ -295,17 +295,21 @@ def optimize(run: Run, stage: str, model, steps: int, lr: float, args, item_loss
         run.finish(stage)
         return
     rank, world = parallel.rank_and_world()
-    pending = None  # (step, lr, started, metric names, their values on the GPU): logged a step late
+    pending = None  # (step, lr, metric names, their copy on its way to the host, its arrival): logged a step late
+    numbers_arrived = time.perf_counter()  # when the last logged step's numbers came to the host
 
-    def log_pending(next_started=None):  # next_started None: the clock stops once the values are here
-        done_step, done_lr, started, keys, values = pending
-        numbers = values.tolist()  # waits for step done_step's GPU work only
-        run.log(stage, done_step, {**dict(zip(keys, numbers)), "lr": done_lr,
-                                   "seconds": (next_started or time.perf_counter()) - started})
+    def log_pending():
+        nonlocal numbers_arrived
+        done_step, done_lr, keys, copy, arrival = pending
+        if arrival is not None:
+            arrival.synchronize()  # waits for step done_step's GPU work, not for the step queued after it
+        numbers = copy.tolist()
+        now = time.perf_counter()  # a step's seconds: from the last step's numbers to its own (the first compiles)
+        run.log(stage, done_step, {**dict(zip(keys, numbers)), "lr": done_lr, "seconds": now - numbers_arrived})
+        numbers_arrived = now
 
     for step in tqdm(range(start, steps), desc=stage, unit="step", initial=start, total=steps,
                      disable=not parallel.is_main()):
-        step_start = time.perf_counter()  # a step's seconds: from its start to the next one's (the first compiles)
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / max(1, args.warmup))
         optimizer.zero_grad(set_to_none=False)
@@ -321,10 +325,16 @@ def optimize(run: Run, stage: str, model, steps: int, lr: float, args, item_loss
         keys = sorted(totals)
         means = torch.stack([totals[k] for k in keys]).to(params[0].device)  # [metrics], float64
         parallel.sum_across([means])
-        values = torch.cat([means / args.batch_size, grad_norm.detach().double().view(1)])  # still on the GPU
+        values = torch.cat([means / args.batch_size, grad_norm.detach().double().view(1)])  # [metrics + 1]
+        # Queued now, the copy lands as soon as this step is done; a plain .tolist() later would be queued behind
+        # the next step too, and wait for it.
+        copy = values.to("cpu", non_blocking=True)
+        arrival = torch.cuda.Event() if values.is_cuda else None
+        if arrival is not None:
+            arrival.record()
         if pending:
-            log_pending(next_started=step_start)
-        pending = (step, optimizer.param_groups[0]["lr"], step_start, keys + ["grad_norm"], values)
+            log_pending()
+        pending = (step, optimizer.param_groups[0]["lr"], keys + ["grad_norm"], copy, arrival)
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == steps:
             log_pending()  # the log holds every step a checkpoint holds
             pending = None

@@ -294,6 +294,31 @@ def profile_loop(step, title: str, steps: int = 3) -> None:
     print(f"{title}: {steps} steps back to back, {wall_ms / steps:.0f} ms a step, GPU busy "
           f"{busy_us / 1e3 / steps:.0f} ms a step ({busy_us / 1e3 / wall_ms:.0%} of the wall)", flush=True)
     print_kernel_profile(prof, f"{title}, {steps} steps")
+    print_idle_gaps(prof, intervals, steps)
+
+
+def print_idle_gaps(prof, intervals, steps: int, min_gap_us: float = 200) -> None:
+    """Where the GPU waits for the host: each idle gap between kernels is charged to the host op that was
+    running just before the kernel that ended it (innermost op, and its outermost caller)."""
+    cpu = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CPU]
+    starts = sorted((e.time_range.start, i) for i, e in enumerate(cpu))
+    charged = {}
+    last_end = intervals[0][1]
+    for begin, end in intervals[1:]:
+        if begin - last_end >= min_gap_us:
+            moment = begin - 15  # the launch came just before the kernel started
+            running = [cpu[i] for t, i in starts if t <= moment and cpu[i].time_range.end >= moment]
+            inner = min(running, key=lambda e: e.time_range.end - e.time_range.start, default=None)
+            outer = max(running, key=lambda e: e.time_range.end - e.time_range.start, default=None)
+            key = (inner.name[:60] if inner else "?", outer.name[:40] if outer else "?")
+            total, count = charged.get(key, (0.0, 0))
+            charged[key] = (total + begin - last_end, count + 1)
+        last_end = max(last_end, end)
+    rows = sorted(charged.items(), key=lambda kv: -kv[1][0])[:15]
+    P.print_table(f"GPU idle gaps >= {min_gap_us:g} us, per step, by the host op before the kernel that ended them",
+                  ["host op (innermost)", "outermost", "ms/step", "gaps/step"],
+                  [[inner, outer, f"{total / 1e3 / steps:.1f}", f"{count / steps:.0f}"]
+                   for (inner, outer), (total, count) in rows])
 
 
 def time_adapter_switch(model, repeats: int = 20) -> None:

@@ -203,3 +203,32 @@ def test_a_fresh_lora_depends_on_its_seed_only():
 
     assert torch.equal(lora_a(0, 1), lora_a(0, 1000))
     assert not torch.equal(lora_a(0, 1), lora_a(1, 1))
+
+
+def test_any_sequence_of_adapter_switches_runs_exactly_the_adapter_asked_for():
+    # _activate skips the peft calls that would change nothing; a wrong skip would run a stale adapter
+    model = VideoModel.from_pretrained("tiny")
+    x_t, t, text_emb = noisy_inputs(model)
+    with torch.no_grad():
+        expected = {None: model.predict(x_t, t, text_emb)}
+        random_lora(model, "default", seed=1)
+        expected["default"] = model.predict(x_t, t, text_emb)
+        model.add_lora(4, name="reference", trainable=False)  # adding an adapter makes it the active one
+        generator = torch.Generator().manual_seed(2)
+        for p in model.lora_parameters("reference"):
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+        expected["reference"] = model.predict(x_t, t, text_emb)
+    assert len({tuple(v.flatten()[:50].tolist()) for v in expected.values()}) == 3  # three different networks
+    for name in ["default", None, "reference", "reference", None, None, "default", "default", "reference", None,
+                 "reference", "default"]:
+        model.set_adapter(name)
+        with torch.no_grad():
+            assert torch.equal(model.predict(x_t, t, text_emb), expected[name]), name
+        assert all(p.requires_grad for p in model.lora_parameters("default")), name
+        assert not any(p.requires_grad for p in model.lora_parameters("reference")), name
+    for outer, inner in [("default", "reference"), ("reference", None), (None, "default")]:
+        model.set_adapter(outer)
+        with model.adapter(inner), torch.no_grad():
+            assert torch.equal(model.predict(x_t, t, text_emb), expected[inner]), (outer, inner)
+        with torch.no_grad():
+            assert torch.equal(model.predict(x_t, t, text_emb), expected[outer]), (outer, inner)

@@ -161,3 +161,35 @@ def test_fast_mode_on_a_model_without_fast_sampling_is_refused_before_any_work(t
     _, err = process.communicate(timeout=300)
     assert process.returncode != 0 and fast_flag[0] in err and "Traceback" not in err
     assert not (tmp_path / "run" / "repository").exists()
+
+
+def test_each_logged_step_holds_its_own_numbers_though_they_are_read_a_step_late(tmp_path):
+    # optimize() turns a step's metrics into numbers only after queuing the next step: an off-by-one there
+    # would log step k with step k ± 1's loss or gradient norm. Here both are known per step in advance:
+    # loss = step · ‖θ‖², so ∇ = 2 · step · θ and the (pre-clipping) gradient norm is 2 · step · ‖θ‖.
+    import torch
+
+    import train
+    from model import VideoModel
+    from run import Run
+
+    model = VideoModel.from_pretrained("tiny")
+    model.add_lora(4)
+    params = model.lora_parameters("default")
+    norms = {}
+
+    def item_loss(step, item):
+        norms[step] = torch.sqrt(sum(p.detach().double().pow(2).sum() for p in params)).item()
+        loss = step * sum(p.pow(2).sum() for p in params)
+        return loss, {"computed_at": torch.tensor(float(step)), "item": torch.tensor(float(item))}
+
+    run = Run(str(tmp_path / "run"), config={"seed": 0}, resume=False)
+    args = type("Args", (), {"warmup": 1, "batch_size": 2, "checkpoint_every": 3})()
+    train.optimize(run, "identity", model, 7, 1e-3, args, item_loss)
+    records = sorted(run.read_log(), key=lambda r: r["step"])
+    assert [r["step"] for r in records] == list(range(7))  # checkpoints at 3, 6 and 7 flush what is pending
+    for r in records:
+        assert r["computed_at"] == r["step"]
+        assert r["item"] == pytest.approx(0.5)  # the mean over the batch's items 0 and 1
+        assert r["grad_norm"] == pytest.approx(2 * r["step"] * norms[r["step"]], rel=1e-5), r
+        assert r["seconds"] >= 0
