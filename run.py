@@ -17,7 +17,7 @@ On disk (all safetensors or JSON: nothing is unpickled):
 Every file is written under a temporary name, fsynced and moved into place (atomic_write, os.replace),
 and state.json is replaced last: a kill leaves the previous consistent state.
 
-Exports: Run, RunLock, RunFolderError, StageTimer, run_settings, disk_full, resume_command, atomic_write,
+Exports: Run, RunLock, RunFolderError, StageTimer, StepLog, run_settings, disk_full, resume_command, atomic_write,
 replacing.
 """
 
@@ -212,6 +212,41 @@ class StageTimer:
         lines = [f"{'stage':<26} {'units':>6} {'seconds':>9}"]
         lines += [f"{stage:<26} {units:>6} {seconds:>9.1f}" for stage, (seconds, units) in totals.items()]
         return "\n".join(lines + [f"{'wall time so far':<26} {'':>6} {time.perf_counter() - self.start:>9.1f}"])
+
+
+class StepLog:
+    """A training stage's log.jsonl records, each written one step late, so the host never waits for the GPU
+    mid-loop: it prepares step k + 1 (data, adapter switches, launches) while the GPU still runs step k.
+
+    add(step k) starts the copy of step k's metrics to the host, queued right behind step k's work, then writes
+    step k − 1's record; its copy landed when step k − 1 was done. (A .tolist() at that point would queue a copy
+    behind step k and wait for it too.) flush() writes the pending record now: before a checkpoint, so the log
+    holds every step a checkpoint holds. A record's seconds run from the previous record's numbers to its own:
+    one step's wall time, the first holding the compiling."""
+
+    def __init__(self, run: Run, stage: str):
+        self.run, self.stage = run, stage
+        self.pending = None  # (step, metric names, their copy on its way to the host, its arrival, extra fields)
+        self.last_arrival = time.perf_counter()
+
+    def add(self, step: int, names: list[str], values: torch.Tensor, **extra) -> None:
+        """values: [len(names)] on the device of the step; extra: host numbers (the learning rate)."""
+        copy = values.detach().to("cpu", non_blocking=True)
+        arrival = torch.cuda.Event() if values.is_cuda else None
+        if arrival is not None:
+            arrival.record()
+        self.flush()
+        self.pending = (step, names, copy, arrival, extra)
+
+    def flush(self) -> None:
+        if self.pending is None:
+            return
+        step, names, copy, arrival, extra = self.pending
+        if arrival is not None:
+            arrival.synchronize()  # step `step`'s work, not the step queued after it
+        now = time.perf_counter()
+        self.run.log(self.stage, step, {**dict(zip(names, copy.tolist())), **extra, "seconds": now - self.last_arrival})
+        self.pending, self.last_arrival = None, now
 
 
 def _synchronized_clock() -> float:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -48,7 +47,7 @@ from prompt_files import PromptFileError, person_phrase, read_prompts
 from judges import ClipScorer, load_judge
 from rewards import score_videos
 from repository import Repository
-from run import Run, RunLock, StageTimer, disk_full, resume_command, run_settings
+from run import Run, RunLock, StageTimer, StepLog, disk_full, resume_command, run_settings
 from sampling import crop_around_face, select_dynamic_pairs, select_identity_pairs, static_video, summary
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
@@ -284,9 +283,8 @@ def optimize(run: Run, stage: str, model, steps: int, lr: float, args, item_loss
 
     item_loss(step, i) -> (loss, metrics of 0-d tensors) computes batch item i of the step. Items are spread
     over processes (parallel.py) and each one is backpropagated on its own (gradient accumulation), so
-    memory holds one item's activations whatever the batch. A step's metrics become numbers only after the
-    next step is queued on the GPU (one device -> host copy, a step late): the host prepares step k + 1
-    (data, adapter switches, launches) while the GPU still runs step k, and the GPU never idles between steps.
+    memory holds one item's activations whatever the batch. A step's metrics become numbers a step late
+    (run.StepLog), so the GPU never waits for the host between steps.
     """
     params = model.lora_parameters("default")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -295,19 +293,7 @@ def optimize(run: Run, stage: str, model, steps: int, lr: float, args, item_loss
         run.finish(stage)
         return
     rank, world = parallel.rank_and_world()
-    pending = None  # (step, lr, metric names, their copy on its way to the host, its arrival): logged a step late
-    numbers_arrived = time.perf_counter()  # when the last logged step's numbers came to the host
-
-    def log_pending():
-        nonlocal numbers_arrived
-        done_step, done_lr, keys, copy, arrival = pending
-        if arrival is not None:
-            arrival.synchronize()  # waits for step done_step's GPU work, not for the step queued after it
-        numbers = copy.tolist()
-        now = time.perf_counter()  # a step's seconds: from the last step's numbers to its own (the first compiles)
-        run.log(stage, done_step, {**dict(zip(keys, numbers)), "lr": done_lr, "seconds": now - numbers_arrived})
-        numbers_arrived = now
-
+    step_log = StepLog(run, stage)  # each step's numbers, written once the next step is queued on the GPU
     for step in tqdm(range(start, steps), desc=stage, unit="step", initial=start, total=steps,
                      disable=not parallel.is_main()):
         for group in optimizer.param_groups:
@@ -325,19 +311,10 @@ def optimize(run: Run, stage: str, model, steps: int, lr: float, args, item_loss
         keys = sorted(totals)
         means = torch.stack([totals[k] for k in keys]).to(params[0].device)  # [metrics], float64
         parallel.sum_across([means])
-        values = torch.cat([means / args.batch_size, grad_norm.detach().double().view(1)])  # [metrics + 1]
-        # Queued now, the copy lands as soon as this step is done; a plain .tolist() later would be queued behind
-        # the next step too, and wait for it.
-        copy = values.to("cpu", non_blocking=True)
-        arrival = torch.cuda.Event() if values.is_cuda else None
-        if arrival is not None:
-            arrival.record()
-        if pending:
-            log_pending()
-        pending = (step, optimizer.param_groups[0]["lr"], keys + ["grad_norm"], copy, arrival)
+        step_log.add(step, keys + ["grad_norm"], torch.cat([means / args.batch_size, grad_norm.double().view(1)]),
+                     lr=optimizer.param_groups[0]["lr"])
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == steps:
-            log_pending()  # the log holds every step a checkpoint holds
-            pending = None
+            step_log.flush()  # the log holds every step a checkpoint holds
             run.save_checkpoint(stage, step + 1, params, optimizer)
     run.finish(stage)
 
