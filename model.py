@@ -127,6 +127,11 @@ class VideoModel(LoraAdapters, SpeedSwitches):
     def dtype(self) -> torch.dtype:
         return self.transformer.dtype
 
+    @property
+    def blocks(self) -> torch.nn.ModuleList:
+        """The transformer's blocks, whatever the backbone calls them (Wan: blocks, CogVideoX: transformer_blocks)."""
+        return getattr(self.transformer, "blocks", None) or self.transformer.transformer_blocks
+
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """A CPU tensor (a draw, a cached latent) onto the model's device without stopping the host.
 

@@ -48,8 +48,8 @@ keep_attention_outputs = functools.partial(torch.utils.checkpoint.create_selecti
 
 
 class SpeedSwitches:
-    """The speed and memory methods of model.VideoModel; they use its `pipe`, `transformer`, `vae`, `device`,
-    `low_memory`, `_prompt_cache` and `_run_text_encoder`."""
+    """The speed and memory methods of model.VideoModel; they use its `pipe`, `transformer`, `blocks`, `vae`,
+    `device`, `low_memory`, `_prompt_cache` and `_run_text_encoder`."""
 
     def enable_speedups(self, compile_blocks: bool = False, gradient_checkpointing: bool = False,
                         attention_backend: str | None = None, checkpoint_blocks: int | None = None,
@@ -63,18 +63,16 @@ class SpeedSwitches:
         attention_backend: "fa4", "sdpa" or a diffusers registry name (None: leave it; cli.py picks fa4 on GPUs).
         """
         if gradient_checkpointing:
-            blocks = getattr(self.transformer, "blocks", None) or self.transformer.transformer_blocks
-            chosen = {id(block) for block in list(blocks)[:checkpoint_blocks]}
+            chosen = {id(block) for block in list(self.blocks)[:checkpoint_blocks]}
 
-            def checkpoint_block(block, *args):
+            def checkpoint_whole_block(block, *args):
                 return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False)
 
             def checkpoint_block_keeping_attention(block, *args):  # torch.compile traces only a module-level context_fn
                 return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False,
                                                          context_fn=keep_attention_outputs)
 
-            if keep_attention:
-                checkpoint_block = checkpoint_block_keeping_attention
+            checkpoint_block = checkpoint_block_keeping_attention if keep_attention else checkpoint_whole_block
 
             if compile_blocks:  # the checkpoint inside the compiled graph, so the compiler sees what to save
                 checkpoint_block = torch.compile(checkpoint_block)
@@ -85,8 +83,7 @@ class SpeedSwitches:
             self.transformer.enable_gradient_checkpointing(checkpoint_some)
         self._set_attention(attention_backend)
         if compile_blocks:
-            blocks = getattr(self.transformer, "blocks", None) or self.transformer.transformer_blocks
-            for block in blocks:
+            for block in self.blocks:
                 block.compile()
 
     def _set_attention(self, backend: str | None) -> None:
@@ -113,8 +110,7 @@ class SpeedSwitches:
         reason = fp8.fp8_unsupported(self.device, self.dtype)
         if reason:
             raise ValueError(reason)
-        blocks = getattr(self.transformer, "blocks", None) or self.transformer.transformer_blocks
-        converted, kept = fp8.convert_linears(blocks, fast_accumulation)
+        converted, kept = fp8.convert_linears(self.blocks, fast_accumulation)
         print(f"fp8: {converted} linear layers of the transformer blocks in float8_e4m3"
               + (f", {kept} kept in bf16 (sizes not multiples of 16)" if kept else ""))
 
