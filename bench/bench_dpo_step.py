@@ -23,6 +23,7 @@ over the bf16 matmul ceiling measured in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -179,7 +180,7 @@ def main():
     if "levers" in groups:  # issue 16: FlashAttention-4, then selective checkpointing that keeps attention
         levers(measure, f, args, n_blocks)
     if "loop" in groups:
-        loop(measure, model, optimizer, state, f, args, n_blocks, deadline)
+        loop(measure, model, state, f, args, n_blocks, deadline)
     if args.profile and device == "cuda" and best is not None and deadline.allows(60):
         model.enable_speedups(gradient_checkpointing=True, checkpoint_blocks=best)
         profile_step(model, optimizer, P.dpo_batch(model, f, args.height, args.width, args.pairs, device), f"{f} frames, {best}/{n_blocks} checkpointed")
@@ -209,16 +210,7 @@ def levers(measure, frames: int, args, n_blocks: int) -> None:
     measure(f"compiled, sdpa, checkpoint {k}/{n_blocks} (session 3's best)", frames, True, "sdpa", k, 150)
     if A != "sdpa":
         measure(f"compiled, {A}, checkpoint {k}/{n_blocks}", frames, True, A, k, 150)
-    kept_all = measure(f"compiled, {A}, checkpoint {n_blocks}/{n_blocks} keeping attention", frames, True, A,
-                       None, 150, keep_attention=True)
-    half = n_blocks // 2
-    kept_half = measure(f"compiled, {A}, checkpoint {half}/{n_blocks} keeping attention", frames, True, A,
-                        half, 60, keep_attention=True)
-    if kept_all and kept_half:
-        free = fit_free_blocks(kept_all[1], kept_half[1], n_blocks - half, args.memory_gib, n_blocks)
-        if n_blocks - free not in (half, n_blocks):
-            measure(f"compiled, {A}, checkpoint {n_blocks - free}/{n_blocks} keeping attention (fits "
-                    f"{args.memory_gib:g} GiB)", frames, True, A, n_blocks - free, 60, keep_attention=True)
+    fit_and_measure(measure, f"compiled, {A}, keeping attention", frames, A, n_blocks, args.memory_gib, 150)
     measure(f"compiled, {A}, no checkpointing (memory reference)", frames, True, A, 0, 60)
     if args.long_frames:
         L = args.long_frames
@@ -226,7 +218,12 @@ def levers(measure, frames: int, args, n_blocks: int) -> None:
         measure(f"compiled, {A}, all checkpointed keeping attention", L, True, A, None, 150, keep_attention=True)
 
 
-def loop(measure, model, optimizer, state, frames: int, args, n_blocks: int, deadline) -> None:
+# --variants of the compiler: which config, which setting
+COMPILER_VARIANTS = {"reductions": (functorch_config, {"ban_recompute_reductions": False}),
+                     "autotune": (inductor_config, {"max_autotune": True})}
+
+
+def loop(measure, model, state, frames: int, args, n_blocks: int, deadline) -> None:
     """train.py's DPO loop at the best setting under --memory-gib (--checkpoint-blocks blocks recomputed, keeping
     attention): latents come from the host as the repository gives them; where the GPU time goes when steps run
     back to back; then --variants, each compiled afresh and fitted to --memory-gib again from two measured peaks
@@ -242,35 +239,36 @@ def loop(measure, model, optimizer, state, frames: int, args, n_blocks: int, dea
     if args.no_checkpoint_row:
         measure(f"compiled, {A}, no checkpointing (memory reference), latents on the host", frames, True, A, 0, 60,
                 latents_on_host=True)
-    settings, names = {}, []
-    for variant in [v for v in args.variants.split(",") if v]:
-        if variant == "fp8":
-            model.enable_fp8(fast_accumulation=True)
-        else:
-            settings.update({"reductions": {"ban_recompute_reductions": False}, "autotune": {}}[variant])
-            if variant == "autotune":
-                inductor_config.max_autotune = True
-        names.append(variant)
-        with functorch_config.patch(settings):
-            torch._dynamo.reset()
-            fit_and_measure(measure, f"{label.replace(f'checkpoint {k}/{n_blocks} ', '')}, + {' + '.join(names)}",
-                            frames, A, n_blocks, args.memory_gib, 400 if variant == "autotune" else 90)
-    inductor_config.max_autotune = False
+    names = []
+    with contextlib.ExitStack() as settings:  # the variants add up: each keeps the settings of those before it
+        for variant in [v for v in args.variants.split(",") if v]:
+            if variant == "fp8":
+                model.enable_fp8(fast_accumulation=True)
+            else:
+                config, setting = COMPILER_VARIANTS[variant]
+                settings.enter_context(config.patch(setting))
+            names.append(variant)
+            torch._dynamo.reset()  # compile afresh under the new settings
+            fit_and_measure(measure, f"compiled, {A}, keeping attention, latents on the host, + {' + '.join(names)}",
+                            frames, A, n_blocks, args.memory_gib, 400 if variant == "autotune" else 90,
+                            latents_on_host=True)
     torch._dynamo.reset()
 
 
-def fit_and_measure(measure, label: str, frames: int, A: str, n_blocks: int, memory_gib: float, estimate_s: float):
-    """All blocks checkpointed keeping attention, half of them, then as few as fit memory_gib (linear in blocks)."""
+def fit_and_measure(measure, label: str, frames: int, A: str, n_blocks: int, memory_gib: float, estimate_s: float,
+                    latents_on_host: bool = False):
+    """Compiled blocks checkpointed keeping attention: all of them, half of them, then as few as fit memory_gib,
+    fitted from the two measured peaks (linear in blocks)."""
     half = n_blocks // 2
     kept_all = measure(f"{label}, all checkpointed", frames, True, A, None, estimate_s, keep_attention=True,
-                       latents_on_host=True)
+                       latents_on_host=latents_on_host)
     kept_half = measure(f"{label}, {half}/{n_blocks}", frames, True, A, half, 60, keep_attention=True,
-                        latents_on_host=True)
+                        latents_on_host=latents_on_host)
     if kept_all and kept_half:
         k = n_blocks - fit_free_blocks(kept_all[1], kept_half[1], n_blocks - half, memory_gib, n_blocks)
         if k not in (half, n_blocks):
             measure(f"{label}, {k}/{n_blocks} (fits {memory_gib:g} GiB)", frames, True, A, k, 60,
-                    keep_attention=True, latents_on_host=True)
+                    keep_attention=True, latents_on_host=latents_on_host)
 
 
 def profile_loop(step, title: str, steps: int = 3) -> None:
