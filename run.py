@@ -222,7 +222,8 @@ class StepLog:
     step k − 1's record; its copy landed when step k − 1 was done. (A .tolist() at that point would queue a copy
     behind step k and wait for it too.) flush() writes the pending record now: before a checkpoint, so the log
     holds every step a checkpoint holds. A record's seconds run from the previous record's numbers to its own:
-    one step's wall time, the first holding the compiling."""
+    one step's wall time, the first holding the compiling. (On a GPU the host sees numbers only when it looks, so
+    a stage's last record, flushed right after the one before, gets what is left of the stage: often ~0.)"""
 
     def __init__(self, run: Run, stage: str):
         self.run, self.stage = run, stage
@@ -232,9 +233,11 @@ class StepLog:
     def add(self, step: int, names: list[str], values: torch.Tensor, **extra) -> None:
         """values: [len(names)] on the device of the step; extra: host numbers (the learning rate)."""
         copy = values.detach().to("cpu", non_blocking=True)
-        arrival = torch.cuda.Event() if values.is_cuda else None
-        if arrival is not None:
+        if values.is_cuda:
+            arrival = torch.cuda.Event()  # the moment is known when flush waits for it
             arrival.record()
+        else:
+            arrival = time.perf_counter()  # computed on the host: the numbers are here now
         self.flush()
         self.pending = (step, names, copy, arrival, extra)
 
@@ -242,11 +245,12 @@ class StepLog:
         if self.pending is None:
             return
         step, names, copy, arrival, extra = self.pending
-        if arrival is not None:
+        if isinstance(arrival, torch.cuda.Event):
             arrival.synchronize()  # step `step`'s work, not the step queued after it
-        now = time.perf_counter()
-        self.run.log(self.stage, step, {**dict(zip(names, copy.tolist())), **extra, "seconds": now - self.last_arrival})
-        self.pending, self.last_arrival = None, now
+            arrival = time.perf_counter()
+        self.run.log(self.stage, step, {**dict(zip(names, copy.tolist())), **extra,
+                                        "seconds": arrival - self.last_arrival})
+        self.pending, self.last_arrival = None, arrival
 
 
 def _synchronized_clock() -> float:
