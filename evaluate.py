@@ -47,6 +47,7 @@ import csv
 import hashlib
 import json
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -93,24 +94,34 @@ def evaluate(model, variants: dict, prompts: list[str], seeds: int, refs, encode
     rows, sheets = [], {}
     jobs = [(name, adapter, p, s) for name, adapter in variants.items()
             for p in range(len(prompts)) for s in range(seeds)]
-    for name, adapter, p, s in tqdm(jobs, desc="evaluation", unit="video"):
-        stem = cache_dir / f"{_slug(name)}_p{p}_s{s}"
-        video_seed = seed + SEED_STRIDE * p + s
-        key = json.loads(json.dumps({**settings, "adapter": adapter, "prompt": prompts[p], "seed": video_seed}))
-        row = _cached_row(stem.with_suffix(".json"), key)
-        if row is None:
-            with model.adapter(adapter):
-                videos, _ = model.sample([prompts[p]], seed=[video_seed], **video)
-            row = {"variant": name, "prompt": prompts[p], "seed": video_seed,
-                   **score_video(videos[0], prompts[p], refs, encoder, model.defaults.fps, clip, id_frames,
-                                 judge, ref_clip)}
-            if s == 0:
-                media.write_png(str(stem.with_suffix(".png")), media.contact_sheet(videos[0]))
-            # written whole or not at all: a kill here is resumable
-            atomic_write(stem.with_suffix(".json"), json.dumps({"key": key, "row": row}))
-        rows.append(row)
-        if s == 0 and p == 0:
-            sheets[name] = str(stem.with_suffix(".png"))
+
+    def score_and_keep(video, name, p, s, video_seed, stem, key):  # video: uint8 [F, H, W, 3]
+        row = {"variant": name, "prompt": prompts[p], "seed": video_seed,
+               **score_video(video, prompts[p], refs, encoder, model.defaults.fps, clip, id_frames, judge, ref_clip)}
+        if s == 0:
+            media.write_png(str(stem.with_suffix(".png")), media.contact_sheet(video))
+        atomic_write(stem.with_suffix(".json"), json.dumps({"key": key, "row": row}))  # whole or not at all
+        return row
+
+    # A worker thread scores video k (CPU work, mostly) while the GPU samples video k + 1 (train.build_repository);
+    # one video waits for its scores at most, so a slow scorer does not pile decoded videos up in memory.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring") as scorer:
+        scoring = None
+        for name, adapter, p, s in tqdm(jobs, desc="evaluation", unit="video"):
+            stem = cache_dir / f"{_slug(name)}_p{p}_s{s}"
+            video_seed = seed + SEED_STRIDE * p + s
+            key = json.loads(json.dumps({**settings, "adapter": adapter, "prompt": prompts[p], "seed": video_seed}))
+            row = _cached_row(stem.with_suffix(".json"), key)
+            if row is None:
+                with model.adapter(adapter):
+                    videos, _ = model.sample([prompts[p]], seed=[video_seed], **video)
+                if scoring is not None:
+                    scoring.result()
+                row = scoring = scorer.submit(score_and_keep, videos[0], name, p, s, video_seed, stem, key)
+            rows.append(row)
+            if s == 0 and p == 0:
+                sheets[name] = str(stem.with_suffix(".png"))
+        rows = [row.result() if isinstance(row, Future) else row for row in rows]  # a scoring error raises here
     return {"rows": rows, "summary": summarize(rows, list(variants)), "sheets": sheets}
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from repository import Repository
@@ -99,7 +100,9 @@ def test_every_stage_is_timed_once_in_order_with_its_units(whole_run):
     # timings.json (bench/time_to_lora.py's input): one row per stage, and per repository batch of
     # --videos-per-prompt videos (2 sources x 2 prompts); the blocks follow each other without overlapping.
     rows = json.loads((whole_run / "timings.json").read_text())
-    batches = [("repository videos", 3), ("repository scoring", 3)] * 4
+    # Batch k is scored while batch k + 1 samples: its "scoring" row is the wait for it after that sampling.
+    batches = [("repository videos", 3)] + [("repository videos", 3), ("repository scoring", 3)] * 3 + [
+        ("repository scoring", 3)]
     assert [(r["stage"], r["units"]) for r in rows] == [
         ("model load", 1), ("text encoder", 1), ("static videos", 2), ("identity", 8), *batches, ("pairs", 1),
         ("dpo_identity_round0", 4), ("dpo_dynamic_round0", 4), ("evaluation videos", 3), ("report", 1)]
@@ -167,8 +170,6 @@ def test_each_logged_step_holds_its_own_numbers_though_they_are_read_a_step_late
     # optimize() turns a step's metrics into numbers only after queuing the next step: an off-by-one there
     # would log step k with step k ± 1's loss or gradient norm. Here both are known per step in advance:
     # loss = step · ‖θ‖², so ∇ = 2 · step · θ and the (pre-clipping) gradient norm is 2 · step · ‖θ‖.
-    import torch
-
     import train
     from model import VideoModel
     from run import Run
@@ -195,3 +196,73 @@ def test_each_logged_step_holds_its_own_numbers_though_they_are_read_a_step_late
         assert r["item"] == pytest.approx(0.5)  # the mean over the batch's items 0 and 1
         assert r["grad_norm"] == pytest.approx(2 * r["step"] * norms[r["step"]], rel=1e-5), r
         assert (r["seconds"] >= 0.4) == (r["step"] == 4), r  # 2 items x 0.2 s
+
+
+def test_repository_batches_are_scored_on_a_worker_while_the_next_one_samples(tmp_path):
+    # build_repository hands batch k to a scoring thread and samples batch k + 1 meanwhile. Each stored video
+    # must still carry its own prompt, source, seed and scores (here: its pixel mean, checked against the
+    # same seeds sampled and scored inline), and an error while scoring must stop the build, not vanish.
+    import argparse
+    import threading
+
+    import train
+    from model import VideoModel
+    from run import StageTimer
+
+    model = VideoModel.from_pretrained("tiny")
+    model.add_lora(4)
+    with torch.no_grad():  # the fine-tuned source must differ from the initial one
+        for p in model.lora_parameters("default"):
+            p.normal_(0, 0.3)
+    args = argparse.Namespace(seed=0, videos_per_prompt=2, cfg_interval=1, cache=None)
+    video = dict(frames=5, height=64, width=64, steps=2)
+    prompts = ["a sks person", "a sks person surfing"]
+    batches = 2 * len(prompts)  # (initial, finetuned) x prompts
+    sampling_began = [threading.Event() for _ in range(batches)]
+    real_sample = model.sample
+
+    calls = iter(range(100))
+
+    def sample(*a, **k):  # the real sampler, noting when each batch's sampling begins
+        call = next(calls)
+        if call < batches:
+            sampling_began[call].set()
+        return real_sample(*a, **k)
+
+    model.sample = sample
+    repo = Repository(tmp_path / "repo")
+    overlapped, threads = [], []
+
+    def scored_add(videos, latents, prompts_, source, seeds):
+        k = len(threads)
+        threads.append(threading.current_thread().name)
+        if k + 1 < batches:  # inline scoring would block the next sampling here: the wait would time out
+            overlapped.append(sampling_began[k + 1].wait(timeout=30))
+        for clip, z, prompt, seed in zip(videos, latents, prompts_, seeds):
+            repo.add(z, prompt, source, {"r_id": float(clip.mean()), "r_dyn": 0.0}, seed, video=clip)
+
+    train.build_repository(repo, model, prompts, 0, args, video, scored_add, StageTimer())
+    assert overlapped == [True] * (batches - 1)
+    assert all(name.startswith("scoring") for name in threads) and len(threads) == batches
+    stored = {(e["prompt"], e["source"], e["seed"]): e["rewards"]["r_id"] for e in Repository(repo.root).entries()}
+    assert len(stored) == batches * args.videos_per_prompt
+    for source, adapter in (("initial", None), ("finetuned", "default")):
+        for prompt in prompts:
+            with model.adapter(adapter):
+                videos, _ = real_sample([prompt] * 2, seed=[0, 1], **video)
+            for seed, clip in zip([0, 1], videos):
+                assert stored[(prompt, source, seed)] == pytest.approx(float(clip.mean()), abs=1e-9)
+    assert len({round(v, 6) for v in stored.values()}) == len(stored)  # every video its own
+
+    again = Repository(tmp_path / "again")
+
+    def failing_scored_add(videos, latents, prompts_, source, seeds):
+        if source == "finetuned":
+            raise RuntimeError("scoring broke")
+        for clip, z, prompt, seed in zip(videos, latents, prompts_, seeds):
+            again.add(z, prompt, source, {"r_id": float(clip.mean()), "r_dyn": 0.0}, seed, video=clip)
+
+    with pytest.raises(RuntimeError, match="scoring broke"):
+        train.build_repository(again, model, prompts, 0, args, video, failing_scored_add, StageTimer())
+    assert {e["source"] for e in Repository(again.root).entries()} == {"initial"}  # scored before it: kept
+    assert len(Repository(again.root).entries()) == len(prompts) * args.videos_per_prompt
