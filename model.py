@@ -71,6 +71,11 @@ class VideoModel(LoraAdapters, SpeedSwitches):
         self.name = name
         self.transformer = pipe.transformer
         self.vae = pipe.vae
+        # Read once: the transformer stays where from_pretrained put it, and diffusers' ModelMixin.device and
+        # .dtype walk every submodule on each access (looking for offloading hooks): ~10 ms apiece on Wan2.1-1.3B,
+        # ~15 accesses a DPO step, all host time at the start of the step while the GPU waits (bench/NOTES.md).
+        self.device: torch.device = pipe.transformer.device
+        self.dtype: torch.dtype = pipe.transformer.dtype  # the compute dtype; FP8 weights (fp8.py) do not change it
         self.objective = "flow" if family == "wan" else pipe.scheduler.config.prediction_type
         if self.objective == "v_prediction":
             self.objective = "v"
@@ -79,6 +84,7 @@ class VideoModel(LoraAdapters, SpeedSwitches):
         self._init_adapters()
         self._rotary_cache: dict = {}
         self.low_memory = False                          # enable_low_memory
+        self.offload = None                              # enable_speedups(offload_blocks=...): offload.py
         self._prompt_cache: dict[str, torch.Tensor] = {}  # text -> [L, D], low-memory mode only
         for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
             module.requires_grad_(False)
@@ -118,14 +124,6 @@ class VideoModel(LoraAdapters, SpeedSwitches):
         if low_memory:
             model.enable_low_memory()
         return model
-
-    @property
-    def device(self) -> torch.device:
-        return self.transformer.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
 
     @property
     def blocks(self) -> torch.nn.ModuleList:

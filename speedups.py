@@ -3,6 +3,8 @@
     compile_blocks           torch.compile each transformer block (1.2-1.3x on an H100; same output up to bf16 rounding)
     gradient_checkpointing   recompute block activations in backward (the first N blocks)
     keep_attention           ... but keep each checkpointed block's attention output: recompute only the cheap parts
+    offload_blocks           ... or keep K more blocks' activations in host memory (offload.py), neither on the GPU
+                             nor recomputed
     attention_backend        "fa4" (attention.py: FlashAttention-4; cli.py's default on GPUs, SDPA where it cannot
                              run), "sdpa" (PyTorch's own choice), or any name of diffusers' attention registry
     low_memory               text encoder on the CPU between its visits, tiled VAE: a 24 GiB GPU at 81x480x832
@@ -23,6 +25,7 @@ import functools
 import torch
 
 import attention  # defines torch.ops.magicid.flash_attention
+from offload import ActivationOffload
 
 # GPUs with less memory take the low-memory path by default (VideoModel.enable_low_memory). Measured on an H100 at
 # 81x480x832 (bench/NOTES.md, "Dress rehearsal"): train.py's default path peaks at 25.7 GiB allocated (29.0 reserved),
@@ -53,17 +56,26 @@ class SpeedSwitches:
 
     def enable_speedups(self, compile_blocks: bool = False, gradient_checkpointing: bool = False,
                         attention_backend: str | None = None, checkpoint_blocks: int | None = None,
-                        keep_attention: bool = False) -> None:
+                        keep_attention: bool = False, offload_blocks: int = 0) -> None:
         """torch.compile each transformer block, checkpoint activations, or pick the attention kernel.
 
         checkpoint_blocks: with gradient_checkpointing, recompute only the first N blocks (None: all).
         Each block left out saves its recomputation (~1/30 of a forward) and keeps its activations.
         keep_attention: checkpointed blocks keep their attention outputs (O and lse, ~86 MB a block for a 33-frame
         pair) and recompute only projections, norms and FFN: the backward reruns no attention forward.
+        offload_blocks: K more blocks neither kept nor recomputed: their saved activations wait in host memory
+        (offload.py). Of the first N + K blocks, K evenly spread are offloaded and N checkpointed, so each block's
+        copy has the forward of the blocks after it to finish in. Only what the link carries under the forward
+        is free (~6 blocks of a 33-frame DPO pair on an H100: bench/bench_host_link.py).
         attention_backend: "fa4", "sdpa" or a diffusers registry name (None: leave it; cli.py picks fa4 on GPUs).
         """
         if gradient_checkpointing:
-            chosen = {id(block) for block in list(self.blocks)[:checkpoint_blocks]}
+            blocks = list(self.blocks)
+            first = len(blocks) if checkpoint_blocks is None else min(len(blocks), checkpoint_blocks + offload_blocks)
+            offloaded = {round(i * first / offload_blocks) for i in range(offload_blocks)} if offload_blocks else set()
+            chosen = {id(block) for j, block in enumerate(blocks[:first]) if j not in offloaded}
+            position = {id(block): j for j, block in enumerate(blocks)}
+            offload = ActivationOffload(self.device) if offloaded else None
 
             def checkpoint_whole_block(block, *args):
                 return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False)
@@ -77,10 +89,19 @@ class SpeedSwitches:
             if compile_blocks:  # the checkpoint inside the compiled graph, so the compiler sees what to save
                 checkpoint_block = torch.compile(checkpoint_block)
 
-            def checkpoint_some(block, *args):
-                return checkpoint_block(block, *args) if id(block) in chosen else block(*args)
+            def checkpoint_some(block, *args):  # diffusers calls it for every block when grad is on
+                j = position[id(block)]
+                if j in offloaded:
+                    with offload.saving(j):
+                        out = block(*args)
+                else:
+                    out = checkpoint_block(block, *args) if id(block) in chosen else block(*args)
+                if offload is not None:
+                    offload.fetch_ahead_of(out, j)
+                return out
 
             self.transformer.enable_gradient_checkpointing(checkpoint_some)
+            self.offload = offload
         self._set_attention(attention_backend)
         if compile_blocks:
             for block in self.blocks:

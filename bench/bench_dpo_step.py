@@ -65,7 +65,8 @@ def main():
                              "loop (train.py's loop: host-side latents, where GPU time goes, max-autotune, FP8)")
     parser.add_argument("--profile", action="store_true", help="print where the GPU time of the best step goes")
     parser.add_argument("--variants", default="reductions,autotune,fp8",
-                        help="loop rows: compiler variants, cumulative, in this order (reductions, autotune, fp8)")
+                        help="loop rows: compiler variants, cumulative, in this order (reductions, autotune, fp8; "
+                             "offload: K blocks of the last fit offloaded to the host instead, offload.py)")
     parser.add_argument("--no-checkpoint-row", action="store_true", help="loop rows: also no checkpointing at all")
     parser.add_argument("--out", default=None, help="also append the table to this file")
     args = parser.parse_args()
@@ -86,25 +87,25 @@ def main():
     rows, state = [], {}
 
     def measure(label, frames, compiled, backend, checkpoint_blocks, estimate_s, keep_attention=False,
-                latents_on_host=False):
+                latents_on_host=False, offload_blocks=0):
         """One row: `repeats` timed steps after warm-up (the first step compiles); OOM is a result too."""
         try:
             return measure_row(label, frames, compiled, backend, checkpoint_blocks, estimate_s, keep_attention,
-                               latents_on_host)
+                               latents_on_host, offload_blocks)
         except Exception as error:  # one broken lever must not cost the rest of the table
             traceback.print_exc()
             rows.append([label, frames, f"error: {type(error).__name__}", "", "", "", "", "", ""])
             return None
 
     def measure_row(label, frames, compiled, backend, checkpoint_blocks, estimate_s, keep_attention,
-                    latents_on_host=False):
+                    latents_on_host=False, offload_blocks=0):
         if not deadline.allows(estimate_s):
             rows.append([label, frames, "skipped: out of time", "", "", "", "", "", ""])
             return None
         P.set_compiled(model, compiled)
         P.set_attention(model, backend if device == "cuda" else None)
         model.enable_speedups(gradient_checkpointing=True, checkpoint_blocks=checkpoint_blocks,
-                              compile_blocks=compiled, keep_attention=keep_attention)
+                              compile_blocks=compiled, keep_attention=keep_attention, offload_blocks=offload_blocks)
         batch = P.dpo_batch(model, frames, args.height, args.width, args.pairs, device)
         if latents_on_host:  # as train.py reads them from the repository: CPU latents, cached text on the GPU
             batch = {key: value.cpu() if key.startswith("latents") else value for key, value in batch.items()}
@@ -122,6 +123,8 @@ def main():
             first, _ = P.timed_once(step)
             repeats = args.repeats if frames == args.frames else 3
             synced = P.timed(step, warmup=1, repeats=repeats)
+            if model.offload:
+                model.offload.offloaded_bytes = model.offload.fetched_late = 0
             seconds = P.timed_loop(step, repeats)
         except torch.OutOfMemoryError:
             optimizer.zero_grad(set_to_none=True)
@@ -140,6 +143,9 @@ def main():
         retries = torch.cuda.memory_stats().get("num_alloc_retries", 0) if torch.cuda.is_available() else 0
         print(rows[-1], f"loss {state['loss'].item():.4f}, allocator retries so far {retries} (each frees the cache: "
               f"a device sync)", flush=True)
+        if model.offload:  # the loop ran repeats + 1 steps
+            print(f"offload: {model.offload.offloaded_bytes / (repeats + 1) / 2**30:.1f} GiB a step to the host, "
+                  f"{model.offload.fetched_late / (repeats + 1):.1f} tensors a step fetched late", flush=True)
         state["step"] = step
         return seconds, gib
 
@@ -239,9 +245,13 @@ def loop(measure, model, state, frames: int, args, n_blocks: int, deadline) -> N
     if args.no_checkpoint_row:
         measure(f"compiled, {A}, no checkpointing (memory reference), latents on the host", frames, True, A, 0, 60,
                 latents_on_host=True)
-    names = []
+    names, fitted = [], k
     with contextlib.ExitStack() as settings:  # the variants add up: each keeps the settings of those before it
         for variant in [v for v in args.variants.split(",") if v]:
+            if variant == "offload":  # not a compiler setting: rows at the last fitted count, K of it offloaded
+                offload_rows(measure, model, state, f"compiled, {A}, keeping attention, latents on the host"
+                             + "".join(f" + {n}" for n in names), frames, A, n_blocks, fitted, args)
+                continue
             if variant == "fp8":
                 model.enable_fp8(fast_accumulation=True)
             else:
@@ -249,9 +259,9 @@ def loop(measure, model, state, frames: int, args, n_blocks: int, deadline) -> N
                 settings.enter_context(config.patch(setting))
             names.append(variant)
             torch._dynamo.reset()  # compile afresh under the new settings
-            fit_and_measure(measure, f"compiled, {A}, keeping attention, latents on the host, + {' + '.join(names)}",
-                            frames, A, n_blocks, args.memory_gib, 400 if variant == "autotune" else 90,
-                            latents_on_host=True)
+            fitted = fit_and_measure(measure, f"compiled, {A}, keeping attention, latents on the host, + "
+                                     f"{' + '.join(names)}", frames, A, n_blocks, args.memory_gib,
+                                     400 if variant == "autotune" else 90, latents_on_host=True) or fitted
     torch._dynamo.reset()
 
 
@@ -269,6 +279,47 @@ def fit_and_measure(measure, label: str, frames: int, A: str, n_blocks: int, mem
         if k not in (half, n_blocks):
             measure(f"{label}, {k}/{n_blocks} (fits {memory_gib:g} GiB)", frames, True, A, k, 60,
                     keep_attention=True, latents_on_host=latents_on_host)
+        return k
+    return None
+
+
+def offload_rows(measure, model, state, label: str, frames: int, A: str, n_blocks: int, fitted: int, args,
+                 counts=(4, 6, 8)) -> None:
+    """Blocks offloaded to the host (offload.py) instead of recomputed: of the `fitted` blocks that had to go to
+    fit the memory, K are offloaded and the rest checkpointed; first the gradients checked against recomputing."""
+    check_offload_gradients(model, frames, fitted, min(counts[0], fitted), args)
+    for i, k in enumerate([k for k in counts if k <= fitted]):
+        row = f"{label}, {fitted - k}/{n_blocks} checkpointed + {k} offloaded"
+        if (measure(row, frames, True, A, fitted - k, 60, keep_attention=True, latents_on_host=True, offload_blocks=k)
+                and i == 0 and torch.cuda.is_available()):
+            profile_loop(state["step"], f"{frames} frames, {row}")
+
+
+def check_offload_gradients(model, frames: int, fitted: int, k: int, args) -> None:
+    """One step's LoRA gradients with K blocks offloaded vs the same blocks kept on the GPU (same layout, same
+    kernels: only where the saved tensors wait differs). The copies run on their own streams; a missed
+    synchronization would show as a difference far above two kept runs' own (FA4's backward accumulates in a
+    nondeterministic order). Kept vs recomputed is no reference: compiled checkpointed blocks round differently,
+    and β = 2500 turns rounding into ~10 % loss changes."""
+    batch = P.dpo_batch(model, frames, args.height, args.width, args.pairs, str(model.device))
+    params = model.lora_parameters("default")
+    model.enable_speedups(gradient_checkpointing=True, checkpoint_blocks=fitted - k, compile_blocks=True,
+                          keep_attention=True, offload_blocks=k)
+
+    def gradients(min_bytes):
+        model.offload.min_bytes = min_bytes  # above every tensor's size: nothing leaves
+        for p in params:
+            p.grad = None
+        loss, _ = dpo.preference_step(model, batch, generator=torch.Generator().manual_seed(1))
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in params])
+
+    offloaded, kept, again = gradients(16 * 2**20), gradients(2**62), gradients(2**62)
+    scale = kept.abs().max().item()
+    print(f"offload gradient check ({k} blocks): max |Δ| / max |g| = {(offloaded - kept).abs().max().item() / scale:.2e} "
+          f"offloaded vs kept, {(again - kept).abs().max().item() / scale:.2e} between two kept runs", flush=True)
+    for p in params:
+        p.grad = None
 
 
 def profile_loop(step, title: str, steps: int = 3) -> None:
