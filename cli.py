@@ -57,7 +57,8 @@ def add_model_args(parser) -> None:
                             "--resume must match it")
 
 
-def load_model_from_args(args, gradient_checkpointing: bool = False, checkpoint_blocks: int | None = None) -> VideoModel:
+def load_model_from_args(args, gradient_checkpointing: bool = False, checkpoint_blocks: int | None = None,
+                         offload_blocks: int = 0) -> VideoModel:
     import parallel
 
     device = args.device or str(parallel.device())  # under accelerate launch: this process's GPU
@@ -75,6 +76,7 @@ def load_model_from_args(args, gradient_checkpointing: bool = False, checkpoint_
         model.enable_fp8()
     model.enable_speedups(compile_blocks=args.compile if args.compile is not None else on_gpu,
                           gradient_checkpointing=gradient_checkpointing, checkpoint_blocks=checkpoint_blocks,
+                          offload_blocks=offload_blocks,
                           keep_attention=gradient_checkpointing and not low_memory,  # +9 GiB at 81 frames
                           attention_backend=args.attention_backend or ("fa4" if on_gpu else None))
     return model

@@ -265,7 +265,7 @@ SETTINGS_FILE = "settings.json"
 # train.py flags that change how a run runs, not what it computes: a --resume may change them. Every other
 # flag defines the run and must match when it resumes (a flag added later too, until it is listed here).
 OPERATIONAL_FLAGS = {"out", "resume", "device", "bf16", "compile", "attention_backend", "low_memory",
-                     "grad_checkpointing", "checkpoint_blocks", "checkpoint_every", "id_model_root"}
+                     "grad_checkpointing", "checkpoint_blocks", "offload_blocks", "checkpoint_every", "id_model_root"}
 
 
 def run_settings(flags: dict, photos: list, id_backend: str, prompts: dict[str, list[str]]) -> dict:

@@ -82,3 +82,21 @@ def test_the_offloaded_blocks_are_spread_over_the_first_n_plus_k(offload_blocks,
     model.offload.min_bytes = 0
     loss_and_gradients(model, 0)
     assert sorted(model.offload.groups) == list(range(offload_blocks))
+
+
+def test_train_py_flag_reaches_the_model_and_is_operational():
+    # --offload-blocks goes through cli.load_model_from_args like --checkpoint-blocks, and like it changes how a
+    # run runs, not what it computes: a --resume may change it
+    import argparse
+
+    import cli
+    import run
+
+    parser = argparse.ArgumentParser()
+    cli.add_model_args(parser)
+    model = cli.load_model_from_args(parser.parse_args(["--model", "tiny", "--device", "cpu"]),
+                                     gradient_checkpointing=True, checkpoint_blocks=1, offload_blocks=2)
+    model.offload.min_bytes = 0
+    loss_and_gradients(model, 0)
+    assert sorted(model.offload.groups) == [0, 2]  # of the first 3 blocks: 0 and 2 (i·3/2 rounded), 1 recomputed
+    assert "offload_blocks" in run.OPERATIONAL_FLAGS
