@@ -12,7 +12,8 @@ stream a few blocks before the backward reaches it:
 
 It costs nothing only while the copies hide under compute, and the link is the limit: ~55 GB/s each way on an
 H100 (bench/bench_host_link.py), about 6 blocks' worth during the ~0.19 s forward of a DPO step. So a few
-blocks, spread out so that each one's copy finishes before the next one's starts (speedups.py chooses them).
+blocks, spread out evenly so that each one's copy has the forward of the blocks after it to run under
+(speedups.py chooses them).
 
 The mechanism is torch.autograd.graph.saved_tensors_hooks: `pack` sees every tensor autograd saves (compiled
 blocks' too) and returns what to keep instead, `unpack` turns that back into the tensor in the backward.
@@ -22,8 +23,11 @@ for each copy, so the GPU would stall on every one; the compiler's activation of
 checkpoint policy selects tensors for it yet.
 
 Only tensors worth a copy leave: at least `min_bytes`, contiguous, covering their whole storage (so that
-dropping them frees memory: a view of a bigger buffer would not), and not a parameter. On a CPU the
-"host copy" is a plain copy, which keeps the bookkeeping testable (tests/test_model.py).
+dropping them frees memory: a view of a bigger buffer would not), and not a parameter; a tensor saved twice
+in one block (eager layers sharing an input) travels once. Each block's pinned host buffers are reused from one
+step to the next once the backward has taken their contents (pinned allocations are slow: allocating them every
+step made offloading slower than recomputing). On a CPU the "host copy" is a plain copy, which keeps the
+bookkeeping testable (tests/test_offload.py); the streams are checked on the GPU (bench/bench_dpo_step.py).
 
 Exports: ActivationOffload.
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import weakref
 
 import torch
 
@@ -41,11 +46,13 @@ LOOKAHEAD = 3  # blocks: the backward of ~3 blocks (~50 ms) covers one block's f
 class _Saved:
     """One offloaded tensor: its host copy, and its way back."""
 
-    __slots__ = ("host", "device", "copied", "gpu", "fetched")
+    __slots__ = ("source", "host", "copied", "gpu", "fetched", "uses")
 
-    def __init__(self, host, device, copied):
-        self.host, self.device, self.copied = host, device, copied   # copied: CUDA event (None on a CPU)
-        self.gpu, self.fetched = None, None                          # set by a fetch
+    def __init__(self, source, host, copied):
+        self.source = weakref.ref(source)                  # to recognise the same tensor saved again (while alive)
+        self.host, self.copied = host, copied              # copied: CUDA event (None on a CPU)
+        self.gpu, self.fetched = None, None                # set by a fetch
+        self.uses = 1                                      # saves of it still to be unpacked
 
 
 class ActivationOffload:
@@ -67,8 +74,9 @@ class ActivationOffload:
     @contextlib.contextmanager
     def saving(self, block_index: int):
         """Around one block's forward: the big tensors it saves for backward go to the host."""
-        # The block's host buffers from the step before are reused (pinned allocations are slow), in order.
-        reusable = [saved for saved in self.groups.get(block_index, ()) if saved.host is not None]
+        # The block's host buffers from the step before are reused, in order, once the backward took them back
+        # (a forward that was never backpropagated keeps its own).
+        reusable = [saved for saved in self.groups.get(block_index, ()) if saved.uses == 0]
         group = self.groups[block_index] = []
         with torch.autograd.graph.saved_tensors_hooks(functools.partial(self._pack, group, reusable), self._unpack):
             yield
@@ -79,21 +87,22 @@ class ActivationOffload:
         if block_output.requires_grad:
             block_output.register_hook(functools.partial(self._fetch_below, block_index))
 
+    def release(self) -> None:
+        """Drop the host buffers (after a training stage): the next forward allocates its own."""
+        self.groups.clear()
+
     # ------------------------------------------------------------------ the hooks
 
     def _pack(self, group: list, reusable: list, tensor: torch.Tensor):
         if not self._worth_offloading(tensor):
             return tensor
-        if not self.on_gpu:
-            saved = _Saved(tensor.detach().clone(), tensor.device, None)
-        else:
-            old = reusable.pop(0) if reusable else None
-            if old is not None and old.host.shape == tensor.shape and old.host.dtype == tensor.dtype:
-                host = old.host
-                if old.fetched is not None:  # its last trip back to the GPU has run
-                    self.copy_stream.wait_event(old.fetched)
-            else:
-                host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        for saved in group:
+            if saved.source() is tensor:  # already on its way
+                saved.uses += 1
+                return saved
+        host = self._host_buffer(reusable, tensor)
+        copied = None
+        if self.on_gpu:
             self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))  # the tensor has been computed
             with torch.cuda.stream(self.copy_stream):
                 host.copy_(tensor, non_blocking=True)
@@ -102,10 +111,21 @@ class ActivationOffload:
             # Its memory goes back to the allocator when the forward drops it; record_stream keeps anyone else
             # from getting it before the copy has run.
             tensor.record_stream(self.copy_stream)
-            saved = _Saved(host, tensor.device, copied)
+        else:
+            host.copy_(tensor)
+        saved = _Saved(tensor, host, copied)
         self.offloaded_bytes += tensor.numel() * tensor.element_size()
         group.append(saved)
         return saved
+
+    def _host_buffer(self, reusable: list, tensor: torch.Tensor) -> torch.Tensor:
+        """The next buffer this block used last step if it fits, else a new (pinned) one."""
+        old = reusable.pop(0) if reusable else None
+        if old is None or old.host.shape != tensor.shape or old.host.dtype != tensor.dtype:
+            return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=self.on_gpu)
+        if old.fetched is not None:  # its last trip back to the GPU must have run before it is overwritten
+            self.copy_stream.wait_event(old.fetched)
+        return old.host
 
     def _unpack(self, packed):
         if not isinstance(packed, _Saved):
@@ -113,7 +133,10 @@ class ActivationOffload:
         if packed.gpu is None:  # not fetched ahead: the GPU waits for this copy
             self.fetched_late += 1
             self._fetch(packed)
-        tensor, packed.gpu = packed.gpu, None
+        tensor = packed.gpu
+        packed.uses -= 1
+        if packed.uses == 0:  # the last save of it: the GPU copy goes with the backward, the host buffer is free
+            packed.gpu = None
         if self.on_gpu:
             compute = torch.cuda.current_stream(self.device)
             compute.wait_event(packed.fetched)
@@ -128,11 +151,11 @@ class ActivationOffload:
 
     def _fetch(self, saved: _Saved) -> None:
         if not self.on_gpu:
-            saved.gpu = saved.host.clone()
+            saved.gpu = saved.host.clone()  # a CPU stands in for the device
             return
         with torch.cuda.stream(self.fetch_stream):
             self.fetch_stream.wait_event(saved.copied)  # the host copy is complete
-            saved.gpu = saved.host.to(saved.device, non_blocking=True)
+            saved.gpu = saved.host.to(self.device, non_blocking=True)
             saved.fetched = torch.cuda.Event()
             saved.fetched.record()
 

@@ -3,7 +3,7 @@
     compile_blocks           torch.compile each transformer block (1.2-1.3x on an H100; same output up to bf16 rounding)
     gradient_checkpointing   recompute block activations in backward (the first N blocks)
     keep_attention           ... but keep each checkpointed block's attention output: recompute only the cheap parts
-    offload_blocks           ... or keep K more blocks' activations in host memory (offload.py), neither on the GPU
+    offload_blocks           ... or keep K blocks' activations in host memory (offload.py), neither on the GPU
                              nor recomputed
     attention_backend        "fa4" (attention.py: FlashAttention-4; cli.py's default on GPUs, SDPA where it cannot
                              run), "sdpa" (PyTorch's own choice), or any name of diffusers' attention registry
@@ -63,15 +63,20 @@ class SpeedSwitches:
         Each block left out saves its recomputation (~1/30 of a forward) and keeps its activations.
         keep_attention: checkpointed blocks keep their attention outputs (O and lse, ~86 MB a block for a 33-frame
         pair) and recompute only projections, norms and FFN: the backward reruns no attention forward.
-        offload_blocks: K more blocks neither kept nor recomputed: their saved activations wait in host memory
-        (offload.py). Of the first N + K blocks, K evenly spread are offloaded and N checkpointed, so each block's
-        copy has the forward of the blocks after it to finish in. Only what the link carries under the forward
-        is free (~6 blocks of a 33-frame DPO pair on an H100: bench/bench_host_link.py).
+        offload_blocks: K blocks neither kept nor recomputed: their saved activations wait in host memory
+        (offload.py). Of the first N + K blocks (all of them when checkpoint_blocks is None), K evenly spread are
+        offloaded and the rest checkpointed, so each block's copy has the forward of the blocks after it to run
+        under. Free while the link keeps up: 4-8 blocks of a 33-frame DPO pair on an H100 (bench/NOTES.md).
         attention_backend: "fa4", "sdpa" or a diffusers registry name (None: leave it; cli.py picks fa4 on GPUs).
         """
+        blocks = list(self.blocks)
+        first = len(blocks) if checkpoint_blocks is None else min(len(blocks), checkpoint_blocks + offload_blocks)
+        if offload_blocks and not gradient_checkpointing:
+            raise ValueError("offload_blocks works with gradient checkpointing (--grad-checkpointing)")
+        if offload_blocks < 0 or (offload_blocks and (checkpoint_blocks or 0) + offload_blocks > len(blocks)):
+            raise ValueError(f"offload_blocks {offload_blocks} (+ checkpoint_blocks {checkpoint_blocks}) must fit in "
+                             f"the transformer's {len(blocks)} blocks")
         if gradient_checkpointing:
-            blocks = list(self.blocks)
-            first = len(blocks) if checkpoint_blocks is None else min(len(blocks), checkpoint_blocks + offload_blocks)
             offloaded = {round(i * first / offload_blocks) for i in range(offload_blocks)} if offload_blocks else set()
             chosen = {id(block) for j, block in enumerate(blocks[:first]) if j not in offloaded}
             position = {id(block): j for j, block in enumerate(blocks)}
@@ -96,8 +101,8 @@ class SpeedSwitches:
                         out = block(*args)
                 else:
                     out = checkpoint_block(block, *args) if id(block) in chosen else block(*args)
-                if offload is not None:
-                    offload.fetch_ahead_of(out, j)
+                if offload is not None:  # CogVideoX blocks return (video, text) hidden states
+                    offload.fetch_ahead_of(out[0] if isinstance(out, tuple) else out, j)
                 return out
 
             self.transformer.enable_gradient_checkpointing(checkpoint_some)

@@ -17,6 +17,8 @@ over the bf16 matmul ceiling measured in the same run.
     python bench/bench_dpo_step.py --profile       # GPU, 33 frames 480x832 then 81 frames (~9 minutes)
     python bench/bench_dpo_step.py --rows loop --attention-backend fa4 --checkpoint-blocks 23 --long-frames 0
                                                    # train.py's loop: host gaps, compiler variants, FP8
+    python bench/bench_dpo_step.py --rows loop --attention-backend fa4 --checkpoint-blocks 23 --long-frames 0 \
+        --variants fp8,offload                     # + FP8, then K of its fitted blocks offloaded (offload.py)
     python bench/bench_dpo_step.py --small         # CPU, 2 blocks, tiny video: checks the script
 """
 

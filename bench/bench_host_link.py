@@ -38,6 +38,7 @@ def copy_seconds(source: torch.Tensor, target: torch.Tensor, stream: torch.cuda.
 
 
 def gemm_seconds(n: int, repeats: int) -> float:
+    """Seconds per bf16 n x n x n product, `repeats` back to back."""
     a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -49,7 +50,7 @@ def gemm_seconds(n: int, repeats: int) -> float:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gib", type=float, default=1.0, help="size of one copy")
+    p.add_argument("--gib", type=float, default=1.0, help="size of one copy, GiB")
     p.add_argument("--forward-s", type=float, default=0.19, help="policy forward of a step, seconds")
     p.add_argument("--block-gib", type=float, default=1.45, help="one block's saved activations, GiB")
     p.add_argument("--recompute-ms-per-block", type=float, default=4.2, help="what recomputing a block costs")
@@ -67,7 +68,8 @@ def main(argv=None) -> None:
     for name, source, target in (("device -> host", gpu, host), ("host -> device", host, gpu)):
         copy_seconds(source, target, copies, 1)  # warm-up
         alone = copy_seconds(source, target, copies, 5)
-        # the same copies while the compute stream runs GEMMs: enough of them to outlast the copies
+        # the same copies while the compute stream runs GEMMs: enough of them to outlast the copies (so the GEMM
+        # slowdown is diluted by the GEMMs that run after the copies: a lower bound)
         repeats = max(5, int(5 * alone / gemm_alone * 1.5))
         a, b = (torch.randn(gemm_n, gemm_n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
         torch.cuda.synchronize()

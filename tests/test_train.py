@@ -254,15 +254,18 @@ def test_repository_batches_are_scored_on_a_worker_while_the_next_one_samples(tm
                 assert stored[(prompt, source, seed)] == pytest.approx(float(clip.mean()), abs=1e-9)
     assert len({round(v, 6) for v in stored.values()}) == len(stored)  # every video its own
 
-    again = Repository(tmp_path / "again")
+    # An error while scoring a middle batch surfaces after the next sampling, one in the last batch at the end.
+    for failing_prompt, stored_sources in ((prompts[0], {"initial"}), (prompts[-1], {"initial", "finetuned"})):
+        again = Repository(tmp_path / f"again-{len(stored_sources)}")
 
-    def failing_scored_add(videos, latents, prompts_, source, seeds):
-        if source == "finetuned":
-            raise RuntimeError("scoring broke")
-        for clip, z, prompt, seed in zip(videos, latents, prompts_, seeds):
-            again.add(z, prompt, source, {"r_id": float(clip.mean()), "r_dyn": 0.0}, seed, video=clip)
+        def failing_scored_add(videos, latents, prompts_, source, seeds):
+            if source == "finetuned" and prompts_[0] == failing_prompt:
+                raise RuntimeError("scoring broke")
+            for clip, z, prompt, seed in zip(videos, latents, prompts_, seeds):
+                again.add(z, prompt, source, {"r_id": float(clip.mean()), "r_dyn": 0.0}, seed, video=clip)
 
-    with pytest.raises(RuntimeError, match="scoring broke"):
-        train.build_repository(again, model, prompts, 0, args, video, failing_scored_add, StageTimer())
-    assert {e["source"] for e in Repository(again.root).entries()} == {"initial"}  # scored before it: kept
-    assert len(Repository(again.root).entries()) == len(prompts) * args.videos_per_prompt
+        with pytest.raises(RuntimeError, match="scoring broke"):
+            train.build_repository(again, model, prompts, 0, args, video, failing_scored_add, StageTimer())
+        entries = Repository(again.root).entries()  # what was scored before the error stays
+        assert {e["source"] for e in entries} == stored_sources
+        assert len(entries) == (len(stored_sources) * len(prompts) - (len(stored_sources) - 1)) * args.videos_per_prompt
