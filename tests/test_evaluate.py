@@ -320,3 +320,34 @@ def test_missing_inputs_stop_with_one_clear_error_line(loras, tmp_path):
         assert process.returncode != 0, flag
         assert last.startswith("error: ") and all(word in last for word in cases[flag][1]), (flag, last)
     assert not (tmp_path / "out").exists()  # stopped before writing anything
+
+
+def test_videos_are_scored_on_a_worker_beside_sampling_and_a_scoring_error_surfaces(tmp_path, monkeypatch):
+    # evaluate.evaluate hands each video to a scoring thread and samples the next meanwhile: every row must still
+    # be its own video's scores (checked against sampling and scoring inline), and an error there must stop it.
+    import threading
+
+    model = VideoModel.from_pretrained("tiny")
+    encoder = make_face_encoder("dlib")
+    refs = load_references([PHOTO], encoder)
+    threads, real_score_video = [], E.score_video
+
+    def score_video(*args, **kwargs):  # the real scores, noting where they ran
+        threads.append(threading.current_thread().name)
+        return real_score_video(*args, **kwargs)
+
+    monkeypatch.setattr(E, "score_video", score_video)
+    prompts = ["a sks person surfing", "a sks person dancing"]
+    result = E.evaluate(model, {"base": None}, prompts, 2, refs, encoder, SIZE, tmp_path / "eval", seed=7)
+    assert len(threads) == 4 and all(name.startswith("scoring") for name in threads)
+    for row in result["rows"]:
+        videos, _ = model.sample([row["prompt"]], seed=[row["seed"]], **SIZE)
+        assert row["r_dyn"] == pytest.approx(dynamic_reward(videos[0], model.defaults.fps).reward, abs=1e-9)
+    assert len({row["seed"] for row in result["rows"]}) == 4
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("scoring broke")
+
+    monkeypatch.setattr(E, "score_video", broken)
+    with pytest.raises(RuntimeError, match="scoring broke"):
+        E.evaluate(model, {"base": None}, prompts, 1, refs, encoder, SIZE, tmp_path / "again", seed=7)
