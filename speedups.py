@@ -78,8 +78,8 @@ class SpeedSwitches:
                              f"the transformer's {len(blocks)} blocks")
         if gradient_checkpointing:
             offloaded = {round(i * first / offload_blocks) for i in range(offload_blocks)} if offload_blocks else set()
-            chosen = {id(block) for j, block in enumerate(blocks[:first]) if j not in offloaded}
-            position = {id(block): j for j, block in enumerate(blocks)}
+            checkpointed = set(range(first)) - offloaded
+            position = {id(block): j for j, block in enumerate(blocks)}  # diffusers passes the block, not its index
             offload = ActivationOffload(self.device) if offloaded else None
 
             def checkpoint_whole_block(block, *args):
@@ -100,7 +100,7 @@ class SpeedSwitches:
                     with offload.saving(j):
                         out = block(*args)
                 else:
-                    out = checkpoint_block(block, *args) if id(block) in chosen else block(*args)
+                    out = checkpoint_block(block, *args) if j in checkpointed else block(*args)
                 if offload is not None:  # CogVideoX blocks return (video, text) hidden states
                     offload.fetch_ahead_of(out[0] if isinstance(out, tuple) else out, j)
                 return out

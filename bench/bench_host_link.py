@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import torch
 
@@ -37,15 +38,16 @@ def copy_seconds(source: torch.Tensor, target: torch.Tensor, stream: torch.cuda.
     return start.elapsed_time(end) / 1000 / repeats
 
 
-def gemm_seconds(n: int, repeats: int) -> float:
-    """Seconds per bf16 n x n x n product, `repeats` back to back."""
-    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+def gemm_seconds(a: torch.Tensor, b: torch.Tensor, repeats: int, meanwhile=None):
+    """(seconds per product a @ b, `repeats` queued back to back; what meanwhile() returned). meanwhile is called
+    once the products are queued, to put work on other streams beside them."""
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    result = meanwhile() if meanwhile else None
     torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
+    return (time.perf_counter() - start) / repeats, result
 
 
 def main(argv=None) -> None:
@@ -61,9 +63,9 @@ def main(argv=None) -> None:
     gpu = torch.empty(int(args.gib * 2**30), dtype=torch.uint8, device="cuda")
     host = torch.empty(gpu.numel(), dtype=torch.uint8, pin_memory=True)
     copies = torch.cuda.Stream()
-    gemm_n, gemm_repeats = 8192, 200
-    gemm_seconds(gemm_n, 20)  # warm-up: cuBLAS's choice of kernel, the clocks
-    gemm_alone = gemm_seconds(gemm_n, gemm_repeats)
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    gemm_seconds(a, b, 20)  # warm-up: cuBLAS's choice of kernel, the clocks
+    gemm_alone, _ = gemm_seconds(a, b, 200)
     rows = []
     for name, source, target in (("device -> host", gpu, host), ("host -> device", host, gpu)):
         copy_seconds(source, target, copies, 1)  # warm-up
@@ -71,14 +73,7 @@ def main(argv=None) -> None:
         # the same copies while the compute stream runs GEMMs: enough of them to outlast the copies (so the GEMM
         # slowdown is diluted by the GEMMs that run after the copies: a lower bound)
         repeats = max(5, int(5 * alone / gemm_alone * 1.5))
-        a, b = (torch.randn(gemm_n, gemm_n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        busy = copy_seconds(source, target, copies, 5)
-        torch.cuda.synchronize()
-        gemm_with_copies = (time.perf_counter() - start) / repeats
+        gemm_with_copies, busy = gemm_seconds(a, b, repeats, partial(copy_seconds, source, target, copies, 5))
         rows.append((name, gpu.numel() / alone / 1e9, gpu.numel() / busy / 1e9, gemm_with_copies / gemm_alone - 1))
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; copies of {args.gib:g} GiB, pinned host memory")
     print(f"{'direction':<16} {'GB/s alone':>10} {'GB/s with GEMMs':>16} {'GEMM slowdown':>14}")
