@@ -14,7 +14,8 @@ The objective lives in model.py (denoising_error); this file never asks which ba
 The reference is not a copy of the network: the same transformer runs with the policy's LoRA
 switched off and the frozen reference adapter on, under no_grad.
 
-Exports: dpo_loss (the equation, pure), preference_step (one batch through policy and reference), BETA.
+Exports: dpo_loss (the equation, pure), preference_step (one batch through policy and reference), BETA,
+beta_from_error_gaps (β's rule, ours: β/2 · the reference's typical winner–loser error gap = 1).
 """
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,29 @@ import torch.nn.functional as F
 # the whole phase (0.06 → 4.5) and the implicit accuracy climbs from 0.7 — the gradual regime the loss is
 # meant to work in. So the tiny preset uses 100 (train.PRESETS); the published backbones keep 2500.
 BETA = 2500.0
+
+
+def beta_from_error_gaps(e_ref_w, e_ref_l, start_margin: float = 1.0) -> float:
+    """β chosen from the pairs themselves (ours), so one rule serves every backbone and latent size.
+
+    e_ref_w, e_ref_l: [N] the reference's denoising errors of N winners and their losers at shared (t, ε),
+    the draws the first DPO steps will use. Returns β = 2 · start_margin / median |e_ref_w − e_ref_l|.
+
+    Why: the implicit margin is −(β/2)·inner, inner = Δ(x_w) − Δ(x_l), Δ = e_θ − e_ref. AdamW moves the
+    LoRA by about the learning rate per step whatever β is, so β only decides *where on the sigmoid* the
+    errors' changes land. Over a phase, |inner| grows to about the size of the errors' own differences
+    between videos (toy world: gaps 0.01-0.1, inner reached ~0.09 at the end of a phase with β = 100).
+    Scaling β by 1/gap puts β/2 · gap at start_margin: the sigmoid is informative for the whole phase,
+    neither flat (margin ~ 0 for hundreds of steps: β too small) nor saturated within a few steps (loss
+    ≈ 0 and no gradient: β too large), whatever the latent's channel count, size or objective scale.
+    The median, not the mean: a few pairs far apart in error (a very noisy t) must not set the scale.
+    """
+    gaps = (torch.as_tensor(e_ref_w, dtype=torch.float64) - torch.as_tensor(e_ref_l, dtype=torch.float64)).abs()
+    gap = gaps.median().item()
+    if not gap > 0:
+        raise ValueError("every winner-loser pair has the same reference error: no scale to set β from "
+                         "(identical videos in the pairs?); pass --beta explicitly")
+    return 2.0 * start_margin / gap
 
 
 def dpo_loss(e_theta, e_ref, beta=BETA):

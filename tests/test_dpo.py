@@ -242,3 +242,32 @@ def test_bf16_model_keeps_fp32_lora_weights_and_fp32_loss():
     assert loss.dtype == torch.float32 and loss.item() == pytest.approx(math.log(2), abs=1e-6)
     for p in model.lora_parameters("default"):
         assert p.dtype == torch.float32 and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+
+
+# ----------------------------------------------------------------------------- β's rule (ours)
+
+def test_beta_rule_worked_example():
+    # gaps |w − l| = 0.1, 0.02, 0.05 -> median 0.05 -> β = 2 · 1 / 0.05 = 40; a start margin of 2 doubles it
+    e_w, e_l = torch.tensor([0.3, 0.50, 0.20]), torch.tensor([0.2, 0.52, 0.25])
+    assert dpo.beta_from_error_gaps(e_w, e_l) == pytest.approx(40.0)
+    assert dpo.beta_from_error_gaps(e_w, e_l, start_margin=2.0) == pytest.approx(80.0)
+
+
+@pytest.mark.parametrize("seed", FRESH_SEEDS)
+def test_beta_rule_puts_the_median_pair_at_the_start_margin_whatever_the_error_scale(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    scale = 10.0 ** rng.uniform(-4, 2)                     # toy latents to published ones: errors of any size
+    e_w, e_l = rng.uniform(0, scale, n), rng.uniform(0, scale, n)
+    beta = dpo.beta_from_error_gaps(torch.tensor(e_w), torch.tensor(e_l))
+    margins = np.sort(beta / 2 * np.abs(e_w - e_l))        # float64, independent of the function's median
+    below = np.sum(margins < 1 - 1e-9)
+    above = np.sum(margins > 1 + 1e-9)
+    # torch's median is the lower middle value for an even count: at most half the pairs lie above β/2·gap = 1
+    assert below <= n // 2 and above <= n // 2, (below, above, n)
+    assert np.any(np.isclose(margins, 1.0))
+
+
+def test_beta_rule_refuses_pairs_without_a_gap():
+    with pytest.raises(ValueError, match="--beta"):
+        dpo.beta_from_error_gaps(torch.ones(4), torch.ones(4))
