@@ -34,7 +34,9 @@ which. Writes <out>/{vae,transformer,text_encoder}.safetensors, which tiny.py lo
 
 --model tiny-toyworld (PRESET_ARGS) is the population base: tiny.py's 16.4 M-parameter transformer on tiny's
 VAE (kept as it is), people drawn from the identity population (identities.PopulationWorld: seeds below
-1,000,000 only; held-out seeds are refused), one run of ≤ 23 min, the transformer saved in bf16 (33 MB).
+1,000,000 only; held-out seeds are refused), the transformer saved in bf16 (33 MB), 540 s a run: the device
+allows 10 min a call, so the base is three runs, the later ones with --init weights/tiny-toyworld (≤ 25 min
+in all; toyworld/README.md has the commands).
 
 Exports: main, parse_args, calibrate_latents (the world's videos: toyworld/world.py).
 """
@@ -64,7 +66,7 @@ from toyworld.world import ToyWorld  # noqa: E402
 # Each preset's run, as flag defaults (a flag given on the command line wins). tiny: see toyworld/README.md.
 PRESET_ARGS = {
     "tiny": {},
-    "tiny-toyworld": dict(vae_steps=0, vae_share=0.0, people_share=0.7, population=True, budget_s=1380.0,
+    "tiny-toyworld": dict(vae_steps=0, vae_share=0.0, people_share=0.7, population=True, budget_s=540.0,
                           dit_batch=256, dit_lr=5e-4, pool_share=0.1, warmup=200, ema=0.998, reserve_s=40.0,
                           transformer_dtype="bf16", save_every_s=120.0),
 }
