@@ -60,7 +60,7 @@ def test_heads_are_at_least_45_px_tall_at_128_px_in_both_shots():
     """Head height in output px = 2·scale / (2·half) · 128 (scale: head half-height, half: view half-side)."""
     rng = np.random.default_rng(0)
     for shot in identities.SHOTS:
-        for motion in ("still", "comes closer", "walks to the left", "sways"):
+        for motion in ("still", "comes closer", "walks to the left", "sways") * 10:
             cams = toy.camera_path("still", 9, 128, rng)
             pose = identities.pose_path(motion, shot, cams, 128, rng)          # [F, 8]
             assert pose.shape == (9, 8)

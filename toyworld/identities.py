@@ -136,7 +136,10 @@ def pose_path(motion: str, shot: str, cams: np.ndarray, size: int, r) -> np.ndar
     known = motion if motion in people.PERSON_MOTIONS else None
     pose = people.person_path(known, cams, size, r)
     mid_half = cams[len(cams) // 2, 2]
-    pose[:, 2] *= r.uniform(*SHOTS[shot]) * mid_half / pose[len(pose) // 2, 2]   # the shot's head size, same motion
+    # The shot's head size at the smallest frame; a person coming closer starts in a medium shot and ends
+    # near a head-and-shoulders one (3-6 % a frame: ×1.27-1.59 over 9 frames).
+    low, high = SHOTS["medium" if motion == "comes closer" else shot]
+    pose[:, 2] *= r.uniform(low, high) * mid_half / pose[:, 2].min()
     pose[:, 3] += r.uniform(-0.08, 0.08)                                          # head pose: a bit more varied
     f = np.linspace(0, 1, len(pose))
     smile = np.full(len(pose), r.uniform(0, 0.4) if r.random() < 0.5 else 0.0)  # expression of a still face
