@@ -7,6 +7,8 @@ token, so any prompt encodes), and all weights are drawn from a fixed seed, so t
 on every machine. If pretrained tiny weights exist (TINY_WEIGHTS_DIR/<preset>/*.safetensors), they are
 loaded over the random ones: weights/tiny/ ships the toy world's (toyworld/pretrain.py, toyworld/README.md),
 a base that has learned camera motion on face-free videos, so `--model tiny` has motion to lose.
+`--model tiny-toyworld` is the population base (issue 26, toyworld/README.md): a wider transformer on tiny's VAE,
+pretrained on toyworld/identities.py's people (weights/tiny-toyworld/, once pretrained on a GPU).
 
 Measured on a 2-core CPU: the Wan VAE below encodes 9 frames of 128×128 in about 0.16 s and decodes
 them in about 0.3 s; the ~1.75 M-parameter transformer's forward+backward on that latent is a few
