@@ -7,6 +7,8 @@ token, so any prompt encodes), and all weights are drawn from a fixed seed, so t
 on every machine. If pretrained tiny weights exist (TINY_WEIGHTS_DIR/<preset>/*.safetensors), they are
 loaded over the random ones: weights/tiny/ ships the toy world's (toyworld/pretrain.py, toyworld/README.md),
 a base that has learned camera motion on face-free videos, so `--model tiny` has motion to lose.
+`--model tiny-toyworld` is the population base (issue 26, toyworld/README.md): a wider transformer on tiny's VAE,
+pretrained on toyworld/identities.py's people (weights/tiny-toyworld/, once pretrained on a GPU).
 
 Measured on a 2-core CPU: the Wan VAE below encodes 9 frames of 128×128 in about 0.16 s and decodes
 them in about 0.3 s; the ~1.75 M-parameter transformer's forward+backward on that latent is a few
@@ -21,7 +23,7 @@ import os
 
 import torch
 
-TINY_PRESETS = ("tiny", "tiny-cogvideox")
+TINY_PRESETS = ("tiny", "tiny-cogvideox", "tiny-toyworld")
 TINY_WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 TEXT_DIM = 32  # width of the tiny text encoder; the transformer's cross-attention reads this
 
@@ -35,8 +37,10 @@ def build_tiny_pipeline(name: str = "tiny", seed: int = 0, pretrained: bool = Tr
     # The seeded initialisation draws from the global RNG; fork it, so that loading a model never moves
     # the caller's random stream.
     with torch.random.fork_rng(devices=[]):
-        pipe = _build_tiny_wan(tokenizer, seed) if name == "tiny" else _build_tiny_cogvideox(tokenizer, seed)
+        pipe = _build_tiny_cogvideox(tokenizer, seed) if name == "tiny-cogvideox" else _build_tiny_wan(tokenizer, seed, name)
     if pretrained:
+        if name == "tiny-toyworld":  # the population base (toyworld/identities.py) shares tiny's VAE
+            load_pretrained_weights(pipe, os.path.join(TINY_WEIGHTS_DIR, "tiny"), components=("vae",))
         load_pretrained_weights(pipe, os.path.join(TINY_WEIGHTS_DIR, name))
     return pipe
 
@@ -57,7 +61,7 @@ def byte_tokenizer():
                                    model_max_length=512)
 
 
-def _build_tiny_wan(tokenizer, seed: int):
+def _build_tiny_wan(tokenizer, seed: int, name: str = "tiny"):
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -66,11 +70,14 @@ def _build_tiny_wan(tokenizer, seed: int):
         vocab_size=len(tokenizer), d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
         relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0, eos_token_id=1))
     torch.manual_seed(seed + 1)
-    # hidden = 4 heads × 32 = 128; 6 blocks of self-attn, cross-attn and FFN (512): ~1.75 M parameters.
+    # tiny: hidden = 4 heads × 32 = 128; 6 blocks of self-attn, cross-attn and FFN (512): ~1.75 M parameters.
+    # tiny-toyworld: 4 heads × 64 = 256, 3 blocks, FFN 9216: 16.4 M parameters, so that a rank-64 LoRA on the
+    # attention layers is 4.8 % of them (Wan2.1-1.3B: 3.6 %) and rank 64 is a quarter of the width, not half.
+    width = dict(num_attention_heads=4, attention_head_dim=64, ffn_dim=9216, num_layers=3) if name == "tiny-toyworld" \
+        else dict(num_attention_heads=4, attention_head_dim=32, ffn_dim=512, num_layers=6)
     transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=16, out_channels=16,
-        text_dim=TEXT_DIM, freq_dim=64, ffn_dim=512, num_layers=6, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=64)
+        patch_size=(1, 2, 2), in_channels=16, out_channels=16, text_dim=TEXT_DIM, freq_dim=64, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=64, **width)
     torch.manual_seed(seed + 2)
     # Same 8× spatial / 4× temporal compression and 16 latent channels as Wan2.1's VAE, built the way
     # Wan2.2's is: 2×2 pixels patchified into 12 channels, then two residual down/up stages (4× each
@@ -110,11 +117,12 @@ def _build_tiny_cogvideox(tokenizer, seed: int):
                              transformer=transformer)
 
 
-def load_pretrained_weights(pipe, weights_dir: str) -> None:
-    """Overwrite the random weights with shipped pretrained ones, component by component, if present."""
+def load_pretrained_weights(pipe, weights_dir: str, components=("transformer", "vae", "text_encoder")) -> None:
+    """Overwrite the random weights with shipped pretrained ones, component by component, if present
+    (bf16 files are cast to the module's dtype)."""
     from safetensors.torch import load_file
 
-    for component in ("transformer", "vae", "text_encoder"):
+    for component in components:
         path = os.path.join(weights_dir, f"{component}.safetensors")
         if os.path.isfile(path):
             getattr(pipe, component).load_state_dict(load_file(path), strict=True)

@@ -16,6 +16,7 @@ and reports, each as mean [95 % bootstrap CI] where it is a mean over videos:
   r_dyn            rewards.dynamic_reward, px at a 256-px side: person prompts, and "still" prompts
 
     python toyworld/base_check.py                 # ~3 min on a 2-core CPU; runs/toyworld/base_check.json
+    python toyworld/base_check.py --model tiny-toyworld --out runs/toyworld_population/base_check.json
 
 Exports: check_base, main.
 """
@@ -42,8 +43,11 @@ STEPS = 12
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(ROOT / "runs" / "toyworld" / "base_check.json"))
+    p.add_argument("--model", default="tiny", help="the tiny preset to check (tiny-toyworld: the population base)")
     args = p.parse_args(argv)
-    result = check_base()
+    from model import VideoModel
+
+    result = check_base(VideoModel.from_pretrained(args.model))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(report(result))

@@ -21,6 +21,13 @@ EVAL_SEEDS: train.py's evaluation seeds 10000 + 100·prompt + seed), LONG_FRAMES
     python toyworld/benchmark.py --photo me.jpg --photo friend.png --out runs/toyworld_mine   # any face photos
     python toyworld/benchmark.py --identity astronaut --train-arg=--beta=500 --out runs/toyworld_beta500
 
+The population benchmark (issue 26): held-out procedural identities (toyworld/identities.py, seeds ≥ 1,000,000)
+on the population base, with the protocol toyworld/heldout_protocol.json fixed (identities, prompts, seeds,
+model) before any result; --ablations adds the paper's Tables 2 and 3 (toyworld/protocol.py):
+
+    python toyworld/benchmark.py --procedural 1000123 --device cuda      # one held-out identity, as a user brings it
+    python toyworld/benchmark.py --protocol --ablations --device cuda    # the protocol's six identities
+
 Table: mean ± 95 % bootstrap CI over identities × held-out prompts × seeds (eval.bootstrap_ci).
 """
 
@@ -37,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import evaluate  # noqa: E402
-from toyworld import base_check  # noqa: E402
+from toyworld import base_check, protocol as population  # noqa: E402
 import train  # noqa: E402
 
 IDENTITIES = ("astronaut", "grace_hopper")
@@ -51,6 +58,10 @@ IDENTITY_STEPS = 1200  # the identity stage every figure in toyworld/README.md w
 LONG_FRAMES = 17    # the identity curve's video length; train.py trains and evaluates on 9
 VARIANTS = {"base": None, "identity stage": "reference", "MagicID": "default"}  # train.py's adapter names
 TABLE_METRICS = ("r_id", "face_hit_rate", "r_dyn", "dynamic_degree")
+# What a run is measured with: the shipped-photo benchmark's (above), or a protocol's (population_setup).
+PHOTO_SETUP = dict(model="tiny", train_prompts=str(TRAIN_PROMPTS), heldout_prompts=str(HELDOUT_PROMPTS),
+                   people_prompts=str(HELDOUT_PEOPLE), eval_seeds=EVAL_SEEDS, seed=SEED, long_frames=LONG_FRAMES,
+                   train_args=[])
 
 
 def main(argv=None) -> dict:
@@ -59,6 +70,15 @@ def main(argv=None) -> dict:
                    help="shipped identities to run (default: all of them, unless --photo is given)")
     p.add_argument("--photo", action="append", default=[], type=Path,
                    help="a face photo to run as one more identity (repeatable); named by its file name")
+    p.add_argument("--procedural", action="append", default=[], type=int, metavar="SEED",
+                   help="a held-out procedural identity (seed >= 1,000,000; repeatable), on the protocol's setup")
+    p.add_argument("--protocol", action="store_true", help="run the protocol file's held-out identities")
+    p.add_argument("--protocol-file", type=Path, default=population.PROTOCOL_FILE,
+                   help="the fixed protocol of --procedural / --protocol runs")
+    p.add_argument("--model", default=None, help="tiny preset (default: tiny; the protocol's for --procedural)")
+    p.add_argument("--ablations", action="store_true",
+                   help="also the runs of Tables 2 and 3 (identity pairs only; with --judge: + semantic)")
+    p.add_argument("--judge", default=None, help="train.py --judge for Table 3's + semantic row (clip:DIR / vlm:DIR)")
     p.add_argument("--out", default=str(ROOT / "runs" / "toyworld"), help="folder of the runs and results")
     p.add_argument("--train-arg", action="append", default=[],
                    help="extra train.py flag for an investigation, e.g. --train-arg=--beta=500 (use a new --out)")
@@ -66,31 +86,58 @@ def main(argv=None) -> dict:
     p.add_argument("--no-curve", action="store_true",
                    help=f"skip the {LONG_FRAMES}-frame identity curve (~40 %% of the evaluation; for "
                         "toyworld/sweep.py's levers)")
+    p.add_argument("--no-base-check", action="store_true", help="skip toyworld/base_check.py's figures")
     args = p.parse_args(argv)
     out = Path(args.out)
+    procedural = args.procedural + (population.load_protocol(args.protocol_file)["identities"] if args.protocol else [])
+    if procedural and (args.photo or args.identity):
+        raise SystemExit("--procedural / --protocol run on the protocol's prompts and model: give photos in another run")
+    setup = population_setup(args.protocol_file, args.model) if procedural else {**PHOTO_SETUP,
+                                                                                "model": args.model or "tiny"}
     references = {name: write_reference(name, out / "refs")
-                  for name in args.identity or ([] if args.photo else list(IDENTITIES))}
+                  for name in args.identity or ([] if args.photo or procedural else list(IDENTITIES))}
     for photo in args.photo:
         if not photo.is_file():
             raise SystemExit(f"--photo {photo}: no such file")
         references[photo.stem if photo.stem not in references else str(photo)] = photo.resolve()
+    if procedural:
+        from faces import make_face_encoder
+
+        encoder = make_face_encoder("dlib")
+        for seed in procedural:
+            references[f"procedural_{seed}"] = population.write_procedural_references(
+                seed, out / "refs", setup["reference_stills"], encoder)
     identities = list(references)
 
-    base = check_base(out)
-    rows = {"9": [], "long": [], "people": []}
-    for name, ref in references.items():
-        run_dir = out / name.replace("/", "_")
-        train.main(train_argv(ref, run_dir, args.train_arg, args.device))
-        for key, run_rows in evaluate_run(ref, run_dir, args.device, curve=not args.no_curve).items():
-            rows[key] += [{**r, "identity": name} for r in run_rows]
+    base = None if args.no_base_check else check_base(out, setup["model"])
+    runs = {"main": []}
+    if args.ablations:
+        runs.update({name: flags for name, flags in population.ABLATIONS.items()})
+        if args.judge:
+            runs["with judge"] = ["--judge", args.judge]
+    summaries, rows = {}, {}
+    for run, flags in runs.items():
+        rows = {"9": [], "long": [], "people": []}
+        for name, ref in references.items():
+            run_dir = out / (name.replace("/", "_") + ("" if run == "main" else "__" + run.replace(" ", "_")))
+            train.main(train_argv(ref, run_dir, [*args.train_arg, *flags], args.device, setup))
+            for key, run_rows in evaluate_run(ref, run_dir, args.device, curve=not args.no_curve and run == "main",
+                                              setup=setup).items():
+                rows[key] += [{**r, "identity": name} for r in run_rows]
+        summaries[run] = evaluate.summarize(rows["9"], list(VARIANTS))
+        if run == "main":
+            main_rows = rows
+    rows = main_rows
 
-    results = {"identities": identities, "train_args": args.train_arg, "base_check": base,
-               "table_9": evaluate.summarize(rows["9"], list(VARIANTS)),
+    results = {"identities": identities, "train_args": args.train_arg, "base_check": base, "setup": setup,
+               "table_9": summaries["main"],
                "table_long": evaluate.summarize(rows["long"], list(VARIANTS)) if rows["long"] else None,
-               "table_people": evaluate.summarize(rows["people"], list(VARIANTS)),
+               "table_people": evaluate.summarize(rows["people"], list(VARIANTS)) if rows["people"] else None,
                "per_identity_9": {n: evaluate.summarize([r for r in rows["9"] if r["identity"] == n], list(VARIANTS))
-                                  for n in identities}}
-    results["claims"] = check_claims(results["table_9"], results["table_long"], results["table_people"])
+                                  for n in identities},
+               "ablations": population.ablation_tables(summaries, args.judge) if args.ablations else None}
+    results["claims"] = check_claims(results["table_9"], results["table_long"], results["table_people"],
+                                     setup["long_frames"])
     results["repository"] = {n: repository_scatter(out / n.replace("/", "_")) for n in identities}
     text = report(results)
     print(text)
@@ -100,15 +147,30 @@ def main(argv=None) -> dict:
     return results
 
 
-def train_argv(ref: Path, run_dir: Path, extra: list[str], device: str = "cpu") -> list[str]:
-    """train.py's whole flow on the tiny toy-world base, on the toy-world prompts; resumes a finished or cut run.
+def population_setup(protocol_file: Path, model: str | None) -> dict:
+    """The protocol's setup; the population base must exist (tiny.py would otherwise give random weights)."""
+    import tiny
+
+    protocol = population.load_protocol(protocol_file)
+    model = model or protocol["model"]
+    if model != "tiny" and not (Path(tiny.TINY_WEIGHTS_DIR) / model / "transformer.safetensors").is_file():
+        raise SystemExit(f"--model {model}: no weights in weights/{model}/; pretrain them first: "
+                         f"python toyworld/pretrain.py --model {model} --device cuda (toyworld/README.md)")
+    return dict(model=model, train_prompts=protocol["train_prompts"], heldout_prompts=protocol["heldout_prompts"],
+                people_prompts=None, eval_seeds=protocol["eval_seeds"], seed=protocol["seed"],
+                long_frames=protocol["long_frames"], train_args=protocol["train_args"],
+                reference_stills=protocol["reference_stills"])
+
+
+def train_argv(ref: Path, run_dir: Path, extra: list[str], device: str = "cpu", setup: dict = PHOTO_SETUP) -> list[str]:
+    """train.py's whole flow on a tiny toy-world base, on the setup's prompts; resumes a finished or cut run.
     On a GPU the tiny model stays float32 and uncompiled, as on the CPU (compiling costs more than it saves)."""
     on_gpu = ["--no-bf16", "--no-compile"] if device != "cpu" else []
-    return ["--ref", str(ref), "--model", "tiny", "--device", device, *on_gpu, "--out", str(run_dir), "--resume",
-            "--seed", str(SEED), "--id-backend", "dlib",
-            "--prompts", str(TRAIN_PROMPTS), "--heldout-prompts", str(HELDOUT_PROMPTS),
-            "--num-prompts", "4", "--eval-prompts", "4", "--eval-seeds", str(EVAL_SEEDS),
-            "--identity-steps", str(IDENTITY_STEPS), *extra]
+    return ["--ref", str(ref), "--model", setup["model"], "--device", device, *on_gpu, "--out", str(run_dir),
+            "--resume", "--seed", str(setup["seed"]), "--id-backend", "dlib",
+            "--prompts", setup["train_prompts"], "--heldout-prompts", setup["heldout_prompts"],
+            "--num-prompts", "4", "--eval-prompts", "4", "--eval-seeds", str(setup["eval_seeds"]),
+            "--identity-steps", str(IDENTITY_STEPS), *setup["train_args"], *extra]
 
 
 def write_reference(name: str, folder: Path) -> Path:
@@ -130,38 +192,43 @@ def write_reference(name: str, folder: Path) -> Path:
     return path
 
 
-def evaluate_run(ref: Path, run_dir: Path, device: str = "cpu", curve: bool = True) -> dict[str, list[dict]]:
+def evaluate_run(ref: Path, run_dir: Path, device: str = "cpu", curve: bool = True,
+                 setup: dict = PHOTO_SETUP) -> dict[str, list[dict]]:
     """The three models of a finished run on the held-out prompts: at 9 frames (train.py's own
-    evaluation, read back from its cache), at LONG_FRAMES, and on the person-motion prompts at 9
-    frames (both generated here, cached beside it). Returns {"9" | "long" | "people": rows}."""
+    evaluation, read back from its cache), at the setup's long_frames, and on its person-motion prompts at
+    9 frames (both generated here, cached beside it; people: none in a protocol setup, whose held-out
+    prompts include the person's motions). Returns {"9" | "long" | "people": rows}."""
     from faces import load_references, make_face_encoder
     from model import VideoModel
     from prompt_files import person_phrase, read_prompts
 
     encoder = make_face_encoder("dlib")
     refs = load_references([ref], encoder)
-    model = VideoModel.from_pretrained("tiny", device=device)
+    model = VideoModel.from_pretrained(setup["model"], device=device)
     model.load_lora(str(run_dir / "identity_lora"), name="reference")
     model.load_lora(str(run_dir / "magicid_lora"), name="default")
     config = json.loads((run_dir / "config.json").read_text())
     person = person_phrase(config["token"])  # the phrase the run trained with
-    prompts = read_prompts(HELDOUT_PROMPTS, person)
-    common = dict(prompts=prompts, seeds=EVAL_SEEDS, refs=refs, encoder=encoder, seed=SEED + 10_000)
+    prompts = read_prompts(setup["heldout_prompts"], person)
+    common = dict(prompts=prompts, seeds=setup["eval_seeds"], refs=refs, encoder=encoder, seed=setup["seed"] + 10_000)
     video = dict(frames=None, height=None, width=None, steps=config["sample_steps"])
     short = evaluate.evaluate(model, VARIANTS, video=video, cache_dir=run_dir / "eval", **common)
-    long = evaluate.evaluate(model, VARIANTS, video={**video, "frames": LONG_FRAMES},
-                             cache_dir=run_dir / f"eval_{LONG_FRAMES}f", **common) if curve else {"rows": []}
+    long = evaluate.evaluate(model, VARIANTS, video={**video, "frames": setup["long_frames"]},
+                             cache_dir=run_dir / f"eval_{setup['long_frames']}f", **common) if curve else {"rows": []}
     moving = evaluate.evaluate(model, VARIANTS, video=video, cache_dir=run_dir / "eval_people",
-                               **{**common, "prompts": read_prompts(HELDOUT_PEOPLE, person)})
+                               **{**common, "prompts": read_prompts(setup["people_prompts"], person)}
+                               ) if setup["people_prompts"] else {"rows": []}
     return {"9": short["rows"], "long": long["rows"], "people": moving["rows"]}
 
 
-def check_base(out: Path) -> dict:
+def check_base(out: Path, model: str = "tiny") -> dict:
     """What the base knows (toyworld/base_check.py: motion, direction, faces), cached in out."""
+    from model import VideoModel
+
     cache = out / "base_check.json"
     if cache.exists():
         return json.loads(cache.read_text())
-    result = base_check.check_base()
+    result = base_check.check_base(VideoModel.from_pretrained(model))
     out.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(result, indent=1))
     return result
@@ -187,9 +254,10 @@ def repository_scatter(run_dir: Path, moving_px: float = 2.0) -> dict:
     return scatter
 
 
-def check_claims(short: dict, long: dict | None, people: dict) -> dict:
+def check_claims(short: dict, long: dict | None, people: dict | None, long_frames: int = LONG_FRAMES) -> dict:
     """Each claim as the paper states it, on the means (and whether the 95 % intervals separate);
-    the fading claim only with the identity curve (long: None without it)."""
+    the fading claim only with the identity curve (long: None without it), the person-motion ones only
+    with those prompts (people: None in a protocol setup)."""
     def mean(table, variant, metric):
         return table[variant][metric][0]
 
@@ -202,30 +270,35 @@ def check_claims(short: dict, long: dict | None, people: dict) -> dict:
         "MagicID r_dyn above baseline": bool(mean(short, "MagicID", "r_dyn") > mean(short, "identity stage", "r_dyn")),
         "  (95 % CIs separate) ": bool(separated(short, "identity stage", "MagicID", "r_dyn")),
         "MagicID r_id not below baseline": bool(mean(short, "MagicID", "r_id") >= mean(short, "identity stage", "r_id")),
+    }
+    claims.update({} if people is None else {
         "person-motion prompts: MagicID r_dyn above baseline":
             bool(mean(people, "MagicID", "r_dyn") > mean(people, "identity stage", "r_dyn")),
         "  (95 % CIs separate)  ": bool(separated(people, "identity stage", "MagicID", "r_dyn")),
         "person-motion prompts: MagicID r_id not below baseline":
             bool(mean(people, "MagicID", "r_id") >= mean(people, "identity stage", "r_id")),
-    }
+    })
     if long is None:
         return claims
     curve = {v: np.asarray(long[v]["id_curve"]["mean"]) for v in VARIANTS}
     third = {v: (float(c[: len(c) // 3].mean()), float(c[-(len(c) // 3):].mean())) for v, c in curve.items()}
-    return {**claims, f"baseline r_id fades over {LONG_FRAMES} frames (last third < first third)":
+    return {**claims, f"baseline r_id fades over {long_frames} frames (last third < first third)":
             bool(third["identity stage"][1] < third["identity stage"][0]), "id_curve_thirds": third}
 
 
 def report(results: dict) -> str:
+    long_frames = results["setup"]["long_frames"]
     lines = [f"# Toy-world benchmark: {', '.join(results['identities'])}",
-             f"train.py extra flags: {results['train_args'] or 'none'}", "",
-             "## The base (toyworld/base_check.py): mean [95 % CI] over its fixed prompts × 2 seeds", "",
-             base_check.report(results["base_check"]), ""]
+             f"model {results['setup']['model']}; held-out prompts {results['setup']['heldout_prompts']}; "
+             f"train.py extra flags: {results['train_args'] or 'none'}", ""]
+    if results["base_check"] is not None:
+        lines += ["## The base (toyworld/base_check.py): mean [95 % CI] over its fixed prompts × 2 seeds", "",
+                  base_check.report(results["base_check"]), ""]
     for key, title in (("table_9", "held-out prompts, 9 frames (as trained)"),
-                       ("table_long", f"held-out prompts, {LONG_FRAMES} frames"),
+                       ("table_long", f"held-out prompts, {long_frames} frames"),
                        ("table_people", "person-motion held-out prompts (heldout_people.txt), 9 frames")):
         table = results[key]
-        if table is None:  # --no-curve
+        if table is None:  # --no-curve, or no person-motion prompts
             continue
         lines += [f"## {title}: mean [95 % CI] over identities × prompts × seeds", "",
                   "| model | n | " + " | ".join(TABLE_METRICS) + " |", "|---" * (len(TABLE_METRICS) + 2) + "|"]
@@ -235,8 +308,8 @@ def report(results: dict) -> str:
         lines.append("")
     if results["table_long"] is not None:
         positions = results["table_long"]["base"]["id_curve"]["position"]
-        frames = [round(p * (LONG_FRAMES - 1)) for p in positions]
-        lines += [f"## r_id per frame, {LONG_FRAMES}-frame videos (mean over identities × prompts × seeds)", "",
+        frames = [round(p * (long_frames - 1)) for p in positions]
+        lines += [f"## r_id per frame, {long_frames}-frame videos (mean over identities × prompts × seeds)", "",
                   "| model \\ frame | " + " | ".join(str(f) for f in frames) + " |", "|---" * (len(frames) + 1) + "|"]
         for variant, metrics in results["table_long"].items():
             lines.append(f"| {variant} | " + " | ".join(f"{v:.2f}" for v in metrics["id_curve"]["mean"]) + " |")
@@ -253,6 +326,12 @@ def report(results: dict) -> str:
     for name, scatter in results["repository"].items():
         for source, c in scatter.items():
             lines.append(f"| {name} | {source} | {c['videos']} | {c['face']} | {c['moving']} | {c['both']} |")
+    lines += ["", "Scatter, (r_id, r_dyn px) of every repository video:", ""]
+    for name, scatter in results["repository"].items():
+        lines += [f"- {name}, {source}: " + " ".join(f"({a:.2f}, {b:.1f})" for a, b in c["points"])
+                  for source, c in scatter.items()]
+    if results["ablations"]:
+        lines += ["", results["ablations"]]
     return "\n".join(lines) + "\n"
 
 

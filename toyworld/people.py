@@ -147,6 +147,12 @@ def random_look(r) -> dict:
     }
 
 
+# The face's proportions beyond random_look's (head half-heights; identities.py draws them per identity):
+# today's constants, so a look without them renders as before.
+FEATURE_DEFAULTS = {"eye_y": -0.12, "eye_open": 1.0, "eye_tilt": 0.0, "brow_lift": 0.22, "brow_arch": 0.08,
+                    "brow_tilt": 0.0, "nose_length": 0.26, "nose_width": 0.07, "mouth_y": 0.58, "lip_size": 1.0,
+                    "ear_size": 1.0, "cheek_x": 0.55, "blush": 0.0, "beard": 0.0, "moustache": 0.0, "mole": 0.0,
+                    "mole_x": 0.3, "mole_y": 0.25, "brow_dark": 0.0}
 POSE = ("x", "y", "scale", "yaw", "pitch", "mouth", "wave")  # per frame: canvas px, canvas px, canvas px, rad, rad, 0..1, rad
 
 
@@ -202,10 +208,12 @@ def render_people(backgrounds, cams, poses, looks: list[dict], size: int, supers
     X = (cx + half * u.view(1, 1, 1, side) - ox) / scale
     Y = (cy + half * u.view(1, 1, side, 1) - oy) / scale
     pixel = 2 * half / side / scale                                            # one supersampled pixel, in q units
+    looks = [{**FEATURE_DEFAULTS, **l} for l in looks]                         # identities.py sets the rest
     look = {k: torch.tensor(np.array([l[k] for l in looks]), dtype=torch.float32, device=dev)
-            for k in looks[0] if k != "hair_name"}
+            for k, value in looks[0].items() if not isinstance(value, (str, type(None)))}  # not names
+    smile = poses[..., 7, None, None] if poses.shape[-1] > 7 else torch.zeros_like(mouth)  # [n, F, 1, 1]
     paint = Painter(video, pixel)
-    shapes_of_a_person(paint, X, Y, yaw, pitch, mouth, wave, look)
+    shapes_of_a_person(paint, X, Y, yaw, pitch, mouth, wave, look, smile)
     frames = paint.video                                                       # [n, 3, F, side, side]
     n, _, F_, _, _ = frames.shape
     out = torch.nn.functional.avg_pool2d(frames.reshape(n, 3 * F_, side, side), supersample)  # anti-aliasing
@@ -242,9 +250,10 @@ def capsule(X, Y, ax, ay, bx, by, radius):
     return torch.sqrt((px - t * vx) ** 2 + (py - t * vy) ** 2 + 1e-12) - radius
 
 
-def shapes_of_a_person(paint, X, Y, yaw, pitch, mouth, wave, look) -> None:
+def shapes_of_a_person(paint, X, Y, yaw, pitch, mouth, wave, look, smile=0.0) -> None:
     """Back to front: torso, raised arm, neck, long hair, ears, head, hair, hat, then the face's features.
-    Facial features move with the head's turn (sideways by 0.5·a·sin yaw, squeezed by cos yaw) and nod."""
+    Facial features move with the head's turn (sideways by 0.5·a·sin yaw, squeezed by cos yaw) and nod;
+    FEATURE_DEFAULTS' keys (identities.py) shape them, smile [n, F, 1, 1] in 0..1 lifts the mouth corners."""
     v = lambda key: look[key].view(-1, *([1] * (X.dim() - 1)))                # [n] -> [n, 1, 1, 1]
     c = lambda key: look[key]                                                  # [n, 3]
     a, skin = v("width"), c("skin")
@@ -262,12 +271,16 @@ def shapes_of_a_person(paint, X, Y, yaw, pitch, mouth, wave, look) -> None:
     paint(torch.maximum(ellipse(X, Y, 0, 0.35, a * 1.25, 1.3), -below_chin) + 10 * (1 - long_hair), c("hair"))
     ear_shift = -0.25 * a * torch.sin(yaw)                                      # ears move against the turn
     for side in (-1, 1):
-        paint(ellipse(X, Y, side * a * 0.97 + ear_shift, 0.05, 0.15, 0.24), shade(skin, 0.9))
+        paint(ellipse(X, Y, side * a * 0.97 + ear_shift, 0.05, 0.15 * v("ear_size"), 0.24 * v("ear_size")),
+              shade(skin, 0.9))
     width = a * (1 - v("jaw") * Y.clamp(0, 1) ** 2)                              # the chin narrows
     head = ellipse(X, Y, 0, 0, width, 1.0)
     rim = (X / width) ** 2 + Y ** 2                                            # 0 at the centre, 1 at the outline
     lit = skin.view(-1, 3, 1, 1, 1) * (1.05 - 0.3 * rim.clamp(0, 1)[:, None] ** 2)  # rounded: darker to the rim
     paint(head, lit)
+    for side in (-1, 1):  # cheeks: a blush, and the cheekbones' width
+        cheek = ellipse(X - 0.5 * a * torch.sin(yaw), Y, side * v("cheek_x") * a, 0.3, 0.2, 0.14)
+        paint(cheek, torch.tensor([0.85, 0.35, 0.35], device=X.device).expand_as(skin), 0.6 * v("blush"))
     hairline = -0.5 + 0.25 * (X / a) ** 2 + 0.1 * torch.sin(yaw)
     hair = torch.maximum(ellipse(X, Y, 0, -0.12, a * 1.08, 1.0), Y - hairline)  # the hair cap above the hairline
     paint(hair + 10 * v("bald"), c("hair"))
@@ -278,11 +291,11 @@ def shapes_of_a_person(paint, X, Y, yaw, pitch, mouth, wave, look) -> None:
     # The face: features in turned-and-nodded coordinates (Xf, Yf).
     Xf = (X - 0.5 * a * torch.sin(yaw)) / torch.cos(yaw)
     Yf = Y - 0.45 * torch.sin(pitch)
-    size, gap = v("eye_size"), v("eye_gap")
+    size, gap, open_ = v("eye_size"), v("eye_gap"), v("eye_open")
     for side in (-1, 1):
-        ex, ey = side * gap, -0.12
+        ex, ey = side * gap, v("eye_y") + side * v("eye_tilt")
         paint(ellipse(Xf, Yf, ex, ey - 0.02, 0.25 * size, 0.16 * size), shade(skin, 0.75), 0.6)  # eye socket shadow
-        sclera = ellipse(Xf, Yf, ex, ey, 0.19 * size, 0.085 * size)
+        sclera = ellipse(Xf, Yf, ex, ey, 0.19 * size, 0.085 * size * open_)
         paint(sclera, torch.full_like(skin, 0.95))
         iris = torch.maximum(ellipse(Xf, Yf, ex + 0.03 * torch.sin(yaw), ey, 0.085 * size, 0.085 * size), sclera)
         paint(iris, c("iris"))
@@ -290,22 +303,30 @@ def shapes_of_a_person(paint, X, Y, yaw, pitch, mouth, wave, look) -> None:
               torch.zeros_like(skin))                                          # pupil
         lid = torch.maximum(ellipse(Xf, Yf, ex, ey - 0.03, 0.21 * size, 0.085 * size).abs() - 0.018, Yf - ey + 0.02)
         paint(lid, shade(skin, 0.3))                                            # upper lid line
-        brow_y = ey - 0.22 + 0.08 * ((Xf - ex) / 0.22) ** 2                     # arched
+        brow_y = ey - v("brow_lift") + v("brow_arch") * ((Xf - ex) / 0.22) ** 2 + side * v("brow_tilt") * (Xf - ex)
         brow = torch.maximum((Yf - brow_y).abs() - v("brow"), (Xf - ex).abs() - 0.24)
-        paint(brow, c("hair") * 0.6 + 0.05)
+        brow_color = torch.lerp(c("hair") * 0.6 + 0.05, skin * 0.3, look["brow_dark"][:, None])  # [n, 3]
+        paint(brow, brow_color)
         glasses = ellipse(Xf, Yf, ex, ey, 0.26, 0.2).abs() - 0.025             # a ring around the eye
         paint(glasses + 10 * (1 - v("glasses")), torch.full_like(skin, 0.08))
     bridge = torch.maximum((Yf + 0.12).abs() - 0.012, Xf.abs() - 0.12)
     paint(bridge + 10 * (1 - v("glasses")), torch.full_like(skin, 0.08))     # the glasses' bridge
-    paint(capsule(Xf, Yf, 0.07, -0.02, 0.09, 0.26, 0.035), shade(skin, 0.72), 0.8)   # shadowed side of the nose
-    paint(capsule(Xf, Yf, -0.02, 0.0, -0.01, 0.25, 0.03), torch.clamp(skin * 1.12, max=1.0), 0.6)  # lit ridge
+    nose, nose_w = v("nose_length"), v("nose_width")                          # tip at y = nose + 0.07
+    paint(capsule(Xf, Yf, nose_w, -0.02, nose_w + 0.02, nose, 0.035), shade(skin, 0.72), 0.8)  # shadowed side of the nose
+    paint(capsule(Xf, Yf, -0.02, 0.0, -0.01, nose - 0.01, 0.03), torch.clamp(skin * 1.12, max=1.0), 0.6)  # lit ridge
     for side in (-1, 1):
-        paint(ellipse(Xf, Yf, side * 0.07, 0.32, 0.045, 0.03), shade(skin, 0.35))  # nostrils
+        paint(ellipse(Xf, Yf, side * nose_w, nose + 0.06, 0.045, 0.03), shade(skin, 0.35))  # nostrils
+    paint(ellipse(Xf, Yf, v("mole_x"), v("mole_y"), 0.035, 0.035) + 10 * (1 - v("mole")), shade(skin, 0.4))  # a mark
+    beard = torch.maximum(torch.maximum(head, v("mouth_y") + 0.1 - Yf), Xf.abs() - 0.6 * a) + 0.02  # the chin
+    paint(beard + 10 * (1 - v("beard")), c("hair") * 0.9)
+    paint(capsule(Xf, Yf, -v("mouth_width"), v("mouth_y") - 0.1, v("mouth_width"), v("mouth_y") - 0.1, 0.05)
+          + 10 * (1 - v("moustache")), c("hair") * 0.9)
     # The mouth: capsules, whose distance is exact (a thin ellipse's first-order one leaks sideways).
-    half_width = v("mouth_width") - 0.06
-    lips = capsule(Xf, Yf, -half_width, 0.58, half_width, 0.58, 0.06 + 0.08 * mouth)  # mouth: [n, F, 1, 1], 0..1 open
+    half_width, my = v("mouth_width") - 0.06 + 0.04 * smile, v("mouth_y")
+    Ys = Yf + 0.12 * smile * (Xf / half_width.clamp(min=1e-3)) ** 2           # a smile bends the mouth up at the corners
+    lips = capsule(Xf, Ys, -half_width, my, half_width, my, 0.06 * v("lip_size") + 0.08 * mouth)  # mouth 0..1 open
     paint(lips, c("lips"))
-    paint(capsule(Xf, Yf, -0.8 * half_width, 0.58, 0.8 * half_width, 0.58, 0.012 + 0.07 * mouth),
+    paint(capsule(Xf, Ys, -0.8 * half_width, my, 0.8 * half_width, my, 0.012 + 0.07 * mouth),
           torch.full_like(skin, 0.12))
 
 

@@ -30,6 +30,13 @@ Each phase stops at its step count or its share of --budget-s, whichever comes f
 which. Writes <out>/{vae,transformer,text_encoder}.safetensors, which tiny.py loads from weights/tiny/.
 
     python toyworld/pretrain.py --device cuda --out weights/tiny            # toyworld/README.md: the exact run
+    python toyworld/pretrain.py --model tiny-toyworld --device cuda         # the population base (issue 26)
+
+--model tiny-toyworld (PRESET_ARGS) is the population base: tiny.py's 16.4 M-parameter transformer on tiny's
+VAE (kept as it is), people drawn from the identity population (identities.PopulationWorld: seeds below
+1,000,000 only; held-out seeds are refused), the transformer saved in bf16 (33 MB), 540 s a run: the device
+allows 10 min a call, so the base is three runs, the later ones with --init weights/tiny-toyworld (≤ 25 min
+in all; toyworld/README.md has the commands).
 
 Exports: main, parse_args, calibrate_latents (the world's videos: toyworld/world.py).
 """
@@ -53,7 +60,16 @@ import tiny  # noqa: E402
 from model import DEFAULTS, VideoModel  # noqa: E402
 from run import replacing  # noqa: E402
 
+from toyworld.identities import PopulationWorld  # noqa: E402
 from toyworld.world import ToyWorld  # noqa: E402
+
+# Each preset's run, as flag defaults (a flag given on the command line wins). tiny: see toyworld/README.md.
+PRESET_ARGS = {
+    "tiny": {},
+    "tiny-toyworld": dict(vae_steps=0, vae_share=0.0, people_share=0.7, population=True, budget_s=540.0,
+                          dit_batch=256, dit_lr=5e-4, pool_share=0.1, warmup=200, ema=0.998, reserve_s=40.0,
+                          transformer_dtype="bf16", save_every_s=120.0),
+}
 
 
 def main(argv=None) -> None:
@@ -63,12 +79,16 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     torch.backends.cudnn.benchmark = True  # the VAE's 3-D convolutions: pick the fastest kernels once
     device = torch.device(args.device)
-    pipe = tiny.build_tiny_pipeline("tiny", pretrained=False)
+    pipe = tiny.build_tiny_pipeline(args.model, pretrained=False)
+    if args.model == "tiny-toyworld":  # tiny's VAE (its latent space, loaded from weights/tiny by tiny.py too)
+        tiny.load_pretrained_weights(pipe, os.path.join(tiny.TINY_WEIGHTS_DIR, "tiny"), components=("vae", "text_encoder"))
     if args.init:  # continue from an earlier run's weights
         tiny.load_pretrained_weights(pipe, args.init)
     pipe.to(device)
     model = VideoModel(pipe, "wan", DEFAULTS["tiny"], "tiny")  # the objective of every later stage
     world = ToyWorld(device, seed=args.seed, people_share=args.people_share)
+    if args.population:  # people from identity seeds 0..999,999 (identities.py), not a fresh look per video
+        world.people = PopulationWorld(world)
     log = Log(os.path.join(args.out, "pretrain_log.jsonl"))
     log("setup", {"device": str(device), "canvases": world.describe(), "args": vars(args)})
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=args.bf16)
@@ -76,17 +96,22 @@ def main(argv=None) -> None:
     if args.vae_steps > 0:  # else the VAE (of --init) and so its latent space stay as they are
         train_vae(pipe.vae, world, args, start + args.vae_share * args.budget_s, autocast, log)
         calibrate_latents(pipe.vae, world, args, autocast, log)
-    save(pipe, ["vae"], args.out)
+    vae = ["vae"] if args.model == "tiny" else []                            # tiny-toyworld reads weights/tiny's
+    save(pipe, vae, args.out)
 
     pools = encode_pool(model, world, args, start + (args.vae_share + args.pool_share) * args.budget_s, autocast, log)
     train_transformer(model, pools, args, start + args.budget_s - args.reserve_s, autocast, log)
-    save(pipe, ["vae", "transformer", "text_encoder"], args.out)
+    save(pipe, vae + ["transformer", "text_encoder"], args.out, args.transformer_dtype)
     log("done", {"seconds": time.time() - start})
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=os.path.join(tiny.TINY_WEIGHTS_DIR, "tiny"), help="folder for the weights and log")
+    p.add_argument("--model", default="tiny", choices=sorted(PRESET_ARGS), help="which tiny.py preset to pretrain")
+    p.add_argument("--out", default=None, help="folder for the weights and log (default: weights/<model>)")
+    p.add_argument("--population", action="store_true",
+                   help="people from the identity population (toyworld/identities.py) instead of people.py's looks")
+    p.add_argument("--transformer-dtype", default="fp32", choices=("fp32", "bf16"), help="the saved transformer's dtype")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", default=None, help="folder of weights to continue from (an earlier --out)")
@@ -116,7 +141,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--caption-dropout", type=float, default=0.1, help="empty caption, for guidance")
     p.add_argument("--reserve-s", type=float, default=20.0, help="seconds kept at the end for saving")
     p.add_argument("--save-every-s", type=float, default=60.0, help="write the weights this often")
+    model = p.parse_known_args(argv)[0].model
+    p.set_defaults(**PRESET_ARGS[model])                                     # the preset's run; flags still win
     args = p.parse_args(argv)
+    args.out = args.out or os.path.join(tiny.TINY_WEIGHTS_DIR, args.model)
     if args.bf16 is None:
         args.bf16 = args.device.startswith("cuda")
     return args
@@ -275,7 +303,8 @@ def train_transformer(model, pools, args, deadline, autocast, log) -> None:
             log("transformer", {"step": step, "loss": torch.stack(running).mean().item(), "seconds": time.time() - t0})
             running = []
         if time.time() - last_save > args.save_every_s:
-            _with_ema(params, ema, lambda: save(model.pipe, ["transformer", "text_encoder"], args.out))
+            _with_ema(params, ema, lambda: save(model.pipe, ["transformer", "text_encoder"], args.out,
+                                                args.transformer_dtype))
             last_save = time.time()
         step += 1
     log("transformer_end", {"steps": step, "stopped_by": "steps" if step >= args.dit_steps else "budget",
@@ -318,13 +347,15 @@ def _with_ema(params, ema, fn) -> None:
             p.copy_(b)
 
 
-def save(pipe, components, out: str) -> None:
-    """<out>/<component>.safetensors, fp32, written under a temporary name and moved into place."""
+def save(pipe, components, out: str, transformer_dtype: str = "fp32") -> None:
+    """<out>/<component>.safetensors, fp32 (the transformer in bf16 if asked: tiny.py casts it back on
+    loading), written under a temporary name and moved into place."""
     from safetensors.torch import save_file
 
     for name in components:
         # clone: the text encoder ties its embedding to `shared`, and safetensors stores no shared tensors
-        state = {k: v.detach().float().cpu().clone() for k, v in getattr(pipe, name).state_dict().items()}
+        dtype = torch.bfloat16 if name == "transformer" and transformer_dtype == "bf16" else torch.float32
+        state = {k: v.detach().to(dtype).cpu().clone() for k, v in getattr(pipe, name).state_dict().items()}
         path = os.path.join(out, f"{name}.safetensors")
         with replacing(path) as partial:
             save_file(state, str(partial))
