@@ -60,20 +60,20 @@ def byte_tokenizer():
                                    model_max_length=512)
 
 
-def _build_tiny_wan(tokenizer, seed: int, channels: int = 16):
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+def _build_tiny_wan(tokenizer, seed: int, with_vae: bool = True):
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
     from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
     text_encoder = UMT5EncoderModel(UMT5Config(
         vocab_size=len(tokenizer), d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
         relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0, eos_token_id=1))
-    torch.manual_seed(seed + 1)
-    # hidden = 4 heads × 32 = 128; 6 blocks of self-attn, cross-attn and FFN (512): ~1.75 M parameters.
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=channels,
-        out_channels=channels, text_dim=TEXT_DIM, freq_dim=64, ffn_dim=512, num_layers=6, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=64)
+    transformer = _tiny_wan_transformer(seed + 1)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                        flow_shift=3.0, num_train_timesteps=1000)
+    if not with_vae:  # Wan2.2-5B brings its own
+        return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=None, scheduler=scheduler,
+                           transformer=transformer)
     torch.manual_seed(seed + 2)
     # Same 8× spatial / 4× temporal compression and 16 latent channels as Wan2.1's VAE, built the way
     # Wan2.2's is: 2×2 pixels patchified into 12 channels, then two residual down/up stages (4× each
@@ -82,10 +82,19 @@ def _build_tiny_wan(tokenizer, seed: int, channels: int = 16):
     vae = AutoencoderKLWan(base_dim=32, z_dim=16, dim_mult=[1, 2, 2], num_res_blocks=1,
                            temperal_downsample=[True, True], is_residual=True, patch_size=2,
                            in_channels=12, out_channels=12, scale_factor_spatial=8, scale_factor_temporal=4)
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                        flow_shift=3.0, num_train_timesteps=1000)
     return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
                        transformer=transformer)
+
+
+def _tiny_wan_transformer(seed: int, channels: int = 16):
+    """hidden = 4 heads × 32 = 128; 6 blocks of self-attn, cross-attn and FFN (512): ~1.75 M parameters."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=channels,
+        out_channels=channels, text_dim=TEXT_DIM, freq_dim=64, ffn_dim=512, num_layers=6, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=64)
 
 
 def _build_tiny_wan22_5b(tokenizer, seed: int):
@@ -94,7 +103,8 @@ def _build_tiny_wan22_5b(tokenizer, seed: int):
     a 48-channel transformer, and expand_timesteps=True (one timestep per token, as the published pipeline runs)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
 
-    pipe = _build_tiny_wan(tokenizer, seed, channels=48)
+    pipe = _build_tiny_wan(tokenizer, seed, with_vae=False)
+    transformer = _tiny_wan_transformer(seed + 1, channels=48)
     torch.manual_seed(seed + 3)
     # Statistics away from (0, 1), so a test sees whether the model standardises with these and not Wan2.1's.
     mean, std = (torch.randn(48) * 0.3).tolist(), (torch.rand(48) + 0.5).tolist()
@@ -105,7 +115,7 @@ def _build_tiny_wan22_5b(tokenizer, seed: int):
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                         flow_shift=5.0, num_train_timesteps=1000)  # the 5B's published shift
     return WanPipeline(tokenizer=tokenizer, text_encoder=pipe.text_encoder, vae=vae, scheduler=scheduler,
-                       transformer=pipe.transformer, expand_timesteps=True)
+                       transformer=transformer, expand_timesteps=True)
 
 
 def _build_tiny_wan22_14b(tokenizer, seed: int):
@@ -114,7 +124,7 @@ def _build_tiny_wan22_14b(tokenizer, seed: int):
     from diffusers import WanPipeline
 
     pipe = _build_tiny_wan(tokenizer, seed)
-    transformer_2 = _build_tiny_wan(tokenizer, seed + 10).transformer  # another seed: two different experts
+    transformer_2 = _tiny_wan_transformer(seed + 11)  # another seed: two different experts
     return WanPipeline(tokenizer=tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae, scheduler=pipe.scheduler,
                        transformer=pipe.transformer, transformer_2=transformer_2, boundary_ratio=0.875)
 
