@@ -117,9 +117,13 @@ def test_the_expert_at_each_timestep_is_the_one_the_stock_pipeline_runs(two_expe
     assert model.expert_of(torch.tensor([999.0, 875.0, 874.99, 0.0])) == [0, 0, 1, 1]  # t >= 875: transformer
     calls, handles = record_calls(model.transformers)
     try:
+        model.placement.place(0)
+        switches = model.placement.switches
         model.sample(["a sks person waving"], frames=FRAMES, height=SIZE, width=SIZE, steps=30, guidance=1.0)
         stock = [(expert, t.item()) for expert, t in calls]
         assert {expert for expert, _ in stock} == {0, 1}  # the 30 steps cross the boundary
+        # the stock loop's calls placed the experts too: high noise, then low noise, one move
+        assert model.placement.switches == switches + 1 and model.placement.resident == 1
         calls.clear()
         x, emb = inputs(model)
         for _, t in stock:
