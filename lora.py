@@ -91,6 +91,7 @@ class LoraAdapters:
         from peft.utils import get_peft_model_state_dict
 
         import tiny
+        from experts import split_expert_choice
         from model import MODEL_PRESETS  # here, not at the top: model.py imports this file
 
         for transformer, weight_name in zip(self.transformers, (LORA_FILE, LORA_FILE_LOW_NOISE)):
@@ -99,9 +100,10 @@ class LoraAdapters:
             metadata = transformer.peft_config[name].to_dict()
             type(self.pipe).save_lora_weights(lora_dir, transformer_lora_layers=state, weight_name=weight_name,
                                               transformer_lora_adapter_metadata=metadata, safe_serialization=True)
-        base = self.name
+        base, expert = split_expert_choice(self.name)[0], self.name[len(split_expert_choice(self.name)[0]):]
         if base not in MODEL_PRESETS and base not in tiny.TINY_PRESETS and os.path.isdir(os.path.expanduser(base)):
             base = os.path.abspath(os.path.expanduser(base))  # found again from any working directory
+        base += expert  # ":high" / ":low" (experts.py), if the model had one
         with open(os.path.join(lora_dir, LORA_INFO_FILE), "w", encoding="utf-8") as handle:
             json.dump({"base_model": base, **(info or {})}, handle, indent=1)
 
