@@ -31,6 +31,10 @@ alpha / lora_down.shape[0] · lora_up @ lora_down. diffusers reads the same form
 
     python comfy_lora.py runs/me/magicid_lora        # writes runs/me/magicid_lora/magicid_lora_comfy.safetensors
 
+Wan2.2-A14B (two experts, one LoRA each) gets two files, named as its users load them in ComfyUI (one
+LoraLoaderModelOnly per expert model): magicid_lora_comfy_high_noise.safetensors and ..._low_noise.safetensors.
+The key names are Wan2.1's: the A14B's experts are Wan2.1-14B's architecture (40 blocks, 5120 wide).
+
 Exports: write_comfy_lora, write_diffusers_lora, to_comfy, from_comfy, comfy_path.
 """
 
@@ -51,31 +55,39 @@ LAYER_NAMES = {
 }
 FACTOR_NAMES = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight"}
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"  # model.LORA_FILE: the name diffusers' load_lora_weights reads
+DIFFUSERS_FILE_LOW_NOISE = "pytorch_lora_weights_low_noise.safetensors"  # lora.LORA_FILE_LOW_NOISE (transformer_2)
 DIFFUSERS_KEY = re.compile(r"^transformer\.blocks\.(\d+)\.(.+)\.(lora_[AB]\.weight)$")
 COMFY_KEY = re.compile(r"^diffusion_model\.blocks\.(\d+)\.(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
 
 
-def comfy_path(lora_dir: str | Path) -> Path:
-    """Where the ComfyUI file of a LoRA folder goes: runs/me/magicid_lora -> .../magicid_lora_comfy.safetensors."""
+def comfy_path(lora_dir: str | Path, expert: str = "") -> Path:
+    """Where the ComfyUI file of a LoRA folder goes: runs/me/magicid_lora -> .../magicid_lora_comfy.safetensors,
+    or with expert "high_noise" / "low_noise" (Wan2.2-A14B) .../magicid_lora_comfy_high_noise.safetensors."""
     lora_dir = Path(lora_dir)
-    return lora_dir / f"{lora_dir.name}_comfy.safetensors"
+    return lora_dir / f"{lora_dir.name}_comfy{'_' + expert if expert else ''}.safetensors"
 
 
-def write_comfy_lora(lora_dir: str | Path) -> Path:
-    """Write the ComfyUI file next to the diffusers one in `lora_dir`; print both paths; return the new one."""
+def write_comfy_lora(lora_dir: str | Path) -> Path | list[Path]:
+    """Write the ComfyUI file next to the diffusers one in `lora_dir`; print both paths; return the new one.
+    A two-expert folder (DIFFUSERS_FILE_LOW_NOISE beside DIFFUSERS_FILE) gets one file per expert: returns both."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     source = Path(lora_dir) / DIFFUSERS_FILE
     if not source.is_file():
         raise FileNotFoundError(f"no diffusers LoRA at {source}: pass a folder written by train.py or model.save_lora")
-    with safe_open(str(source), framework="pt") as handle:
-        state = {key: handle.get_tensor(key) for key in handle.keys()}
-        metadata = handle.metadata() or {}
-    target = comfy_path(lora_dir)
-    save_file(to_comfy(state, lora_alpha(metadata, state)), str(target), metadata={"format": "pt"})
-    print(f"LoRA (diffusers, WanPipeline.load_lora_weights): {source}\nLoRA (ComfyUI, LoraLoaderModelOnly): {target}")
-    return target
+    two_experts = (Path(lora_dir) / DIFFUSERS_FILE_LOW_NOISE).is_file()
+    jobs = [(source, comfy_path(lora_dir, "high_noise" if two_experts else ""))]
+    if two_experts:
+        jobs.append((Path(lora_dir) / DIFFUSERS_FILE_LOW_NOISE, comfy_path(lora_dir, "low_noise")))
+    for diffusers_file, target in jobs:
+        with safe_open(str(diffusers_file), framework="pt") as handle:
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+            metadata = handle.metadata() or {}
+        save_file(to_comfy(state, lora_alpha(metadata, state)), str(target), metadata={"format": "pt"})
+        print(f"LoRA (diffusers, WanPipeline.load_lora_weights): {diffusers_file}\n"
+              f"LoRA (ComfyUI, LoraLoaderModelOnly): {target}")
+    return [target for _, target in jobs] if two_experts else jobs[0][1]
 
 
 def write_diffusers_lora(comfy_file: str | Path, lora_dir: str | Path) -> Path:

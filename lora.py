@@ -7,7 +7,10 @@ model, for the repository's initial videos). peft holds them side by side; `adap
 network with exactly one of them active, which is how DPO gets its reference without a second copy
 of the weights. Files are diffusers' LoRA format (pytorch_lora_weights.safetensors), which a stock
 pipeline's load_lora_weights reads; beside it, magicid.json records the base model the LoRA belongs to
-(and train.py's --token), so generate.py needs only the LoRA's folder.
+(and train.py's --token), so generate.py needs only the LoRA's folder. A two-expert model (Wan2.2-A14B, experts.py)
+has one LoRA per expert: LORA_FILE for `transformer` (high noise) and LORA_FILE_LOW_NOISE for `transformer_2`,
+which a stock pipeline reads with load_lora_weights(folder, weight_name=LORA_FILE_LOW_NOISE,
+load_into_transformer_2=True).
 
 Exports: LoraAdapters (VideoModel's adapter half), LORA_TARGETS, LORA_FILE, LORA_INFO_FILE, find_lora,
 check_lora_file, ModelLoadError.
@@ -24,6 +27,7 @@ import warnings
 import torch
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
+LORA_FILE_LOW_NOISE = "pytorch_lora_weights_low_noise.safetensors"  # Wan2.2-A14B's transformer_2
 LORA_INFO_FILE = "magicid.json"                 # beside it: {"base_model": ..., "token": ...}
 # Which linear layers a LoRA adapts (peft matches module names by suffix; both Wan's and CogVideoX's blocks
 # name them so). Attention alone is the usual recipe for a pretrained video model; the toy world's tiny base,
@@ -57,18 +61,26 @@ class LoraAdapters:
 
         config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(LORA_TARGETS[targets]),
                             init_lora_weights=True)
-        device = self.transformer.device  # peft draws A where the layer lives: that device's generator
-        with _several_adapters_expected(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            self.transformer.add_adapter(config, adapter_name=name)
+        for expert, transformer in enumerate(self.transformers):  # one LoRA per expert (experts.py), A from seed + expert
+            device = transformer.device  # peft draws A where the layer lives: that device's generator
+            with _several_adapters_expected(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed + expert)
+                transformer.add_adapter(config, adapter_name=name)
         self._register_adapter(name, trainable)
 
     def load_lora(self, lora_dir: str, name: str = "default", trainable: bool = False) -> None:
         """Load a LoRA saved by `save_lora` (or any diffusers LoRA for this backbone) as adapter `name`."""
         check_lora_file(lora_dir)
+        two_experts = len(self.transformers) > 1
+        if two_experts and not os.path.isfile(os.path.join(lora_dir, LORA_FILE_LOW_NOISE)):
+            raise ModelLoadError(f"{lora_dir!r} has no {LORA_FILE_LOW_NOISE}: model {self.name!r} has two experts "
+                                 "and needs a LoRA for each (one trained on a one-transformer model does not fit)")
         try:
             with _several_adapters_expected():
                 self.pipe.load_lora_weights(lora_dir, adapter_name=name)
+                if two_experts:  # the stock way to give transformer_2 its own LoRA
+                    self.pipe.load_lora_weights(lora_dir, weight_name=LORA_FILE_LOW_NOISE, adapter_name=name,
+                                                load_into_transformer_2=True)
         except (ValueError, KeyError, RuntimeError) as error:
             raise ModelLoadError(f"the LoRA in {lora_dir!r} does not fit model {self.name!r}: {error}") from error
         self._register_adapter(name, trainable)
@@ -79,23 +91,28 @@ class LoraAdapters:
         from peft.utils import get_peft_model_state_dict
 
         import tiny
+        from experts import split_expert_choice
         from model import MODEL_PRESETS  # here, not at the top: model.py imports this file
 
-        state = get_peft_model_state_dict(self.transformer, adapter_name=name)
-        state = {key: value.detach().float().cpu().contiguous() for key, value in state.items()}
-        metadata = self.transformer.peft_config[name].to_dict()
-        type(self.pipe).save_lora_weights(lora_dir, transformer_lora_layers=state,
-                                          transformer_lora_adapter_metadata=metadata, safe_serialization=True)
-        base = self.name
+        for transformer, weight_name in zip(self.transformers, (LORA_FILE, LORA_FILE_LOW_NOISE)):
+            state = get_peft_model_state_dict(transformer, adapter_name=name)
+            state = {key: value.detach().float().cpu().contiguous() for key, value in state.items()}
+            metadata = transformer.peft_config[name].to_dict()
+            type(self.pipe).save_lora_weights(lora_dir, transformer_lora_layers=state, weight_name=weight_name,
+                                              transformer_lora_adapter_metadata=metadata, safe_serialization=True)
+        base, expert = split_expert_choice(self.name)[0], self.name[len(split_expert_choice(self.name)[0]):]
         if base not in MODEL_PRESETS and base not in tiny.TINY_PRESETS and os.path.isdir(os.path.expanduser(base)):
             base = os.path.abspath(os.path.expanduser(base))  # found again from any working directory
+        base += expert  # ":high" / ":low" (experts.py), if the model had one
         with open(os.path.join(lora_dir, LORA_INFO_FILE), "w", encoding="utf-8") as handle:
             json.dump({"base_model": base, **(info or {})}, handle, indent=1)
 
     def lora_parameters(self, name: str = "default") -> list[torch.nn.Parameter]:
-        """The parameters of adapter `name`, in a fixed order (optimizers and checkpoints rely on it)."""
+        """The parameters of adapter `name` in the experts that train, in a fixed order (optimizers and checkpoints
+        rely on it): expert 0's, then expert 1's."""
         tag = f".{name}."
-        return [p for key, p in self.transformer.named_parameters() if "lora_" in key and tag in key]
+        return [p for expert in self.trained_experts for key, p in self.transformers[expert].named_parameters()
+                if "lora_" in key and tag in key]
 
     @contextlib.contextmanager
     def adapter(self, name: str | None):
@@ -126,9 +143,15 @@ class LoraAdapters:
             self._trainable_adapters.discard(name)
         # Found once here, not at every switch: walking the whole module tree twice per DPO step cost
         # ~50 ms of host time on the published 1.3B model (bench/NOTES.md).
-        self._tuner_layers = [m for m in self.transformer.modules() if isinstance(m, BaseTunerLayer)]
-        self._lora_params = [(p, any(f".{n}." in key for n in self._trainable_adapters))
-                             for key, p in self.transformer.named_parameters() if "lora_" in key]
+        self._tuner_layers = [m for t in self.transformers for m in t.modules() if isinstance(m, BaseTunerLayer)]
+        self._lora_params = [(p, expert in self.trained_experts and any(f".{n}." in key for n in self._trainable_adapters))
+                             for expert, t in enumerate(self.transformers) for key, p in t.named_parameters()
+                             if "lora_" in key]
+        if len(self.transformers) > 1:  # experts.py: LoRA weights stay on the GPU whichever expert is there,
+            for p, trains in self._lora_params:  # and trainable ones hold a gradient from the start (exact resume)
+                p.data = p.data.to(self.device)
+                if trains and p.grad is None:
+                    p.grad = torch.zeros_like(p)
         self._activate(name)
 
     def _active_adapters(self):

@@ -15,8 +15,9 @@ dpo.py, sampling.py and train.py never ask which backbone runs. It also owns the
 (lora.py): the trainable one ("default"), a frozen copy that plays the DPO reference, and `adapter(...)`
 to run the network with any one of them (or none) active without copying a single weight.
 
-Backbones: Wan2.1-T2V 1.3B (default) and 14B, CogVideoX 2B/5B, and two offline presets built from
-tiny configs of the same classes: "tiny" (Wan) and "tiny-cogvideox" (see tiny.py).
+Backbones: Wan2.1-T2V 1.3B (default) and 14B, Wan2.2 TI2V-5B and T2V-A14B (its two experts, picked by the
+timestep, and the 5B's per-token timesteps: experts.py), CogVideoX 2B/5B, and offline presets built from tiny
+configs of the same classes: "tiny" (Wan), "tiny-cogvideox", "tiny-wan2.2-5b", "tiny-wan2.2-14b" (see tiny.py).
 
 Exports: VideoModel, ModelLoadError, MODEL_PRESETS.
 """
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 import tiny
+from experts import WanExperts, split_expert_choice
 from lora import LORA_FILE, LORA_TARGETS, LoraAdapters, ModelLoadError  # noqa: F401  (re-exported)
 from speedups import SpeedSwitches
 
@@ -37,6 +39,8 @@ from speedups import SpeedSwitches
 MODEL_PRESETS = {
     "wan-1.3b": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
     "wan-14b": "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+    "wan2.2-5b": "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+    "wan2.2-14b": "Wan-AI/Wan2.2-T2V-A14B-Diffusers",  # ":high" / ":low" after the name: train that expert only
     "cogvideox-2b": "THUDM/CogVideoX-2b",
     "cogvideox-5b": "THUDM/CogVideoX-5b",
 }
@@ -51,20 +55,27 @@ class VideoDefaults:
     steps: int
     guidance: float
     max_text_tokens: int
+    guidance_2: float | None = None  # Wan2.2-A14B: the low-noise expert's guidance (WanPipeline's guidance_scale_2)
 
 
 DEFAULTS = {
     "wan": VideoDefaults(frames=81, height=480, width=832, fps=16, steps=30, guidance=5.0, max_text_tokens=512),
+    # Wan2.2 as published (Wan-AI/Wan2.2 generate.py configs): TI2V-5B 121 frames of 704x1280 at 24 fps, 50 steps;
+    # T2V-A14B 81 frames of 720x1280 at 16 fps, 40 steps, guidance 4.0 (high noise) and 3.0 (low noise).
+    "wan2.2-5b": VideoDefaults(frames=121, height=704, width=1280, fps=24, steps=50, guidance=5.0, max_text_tokens=512),
+    "wan2.2-14b": VideoDefaults(frames=81, height=720, width=1280, fps=16, steps=40, guidance=4.0,
+                                max_text_tokens=512, guidance_2=3.0),
     "cogvideox": VideoDefaults(frames=49, height=480, width=720, fps=8, steps=50, guidance=6.0, max_text_tokens=226),
     # The tiny toy-world base over-saturates at Wan's guidance 5 (toyworld/README.md); 3 keeps its colours.
     "tiny": VideoDefaults(frames=9, height=128, width=128, fps=8, steps=20, guidance=3.0, max_text_tokens=64),
 }
 
 
-class VideoModel(LoraAdapters, SpeedSwitches):
+class VideoModel(LoraAdapters, WanExperts, SpeedSwitches):
     """A text-to-video pipeline seen through the five operations above, plus LoRA adapters."""
 
-    def __init__(self, pipe, family: str, defaults: VideoDefaults, name: str):
+    def __init__(self, pipe, family: str, defaults: VideoDefaults, name: str,
+                 trained_experts: tuple[int, ...] | None = None):
         self.pipe = pipe
         self.family = family  # "wan" | "cogvideox": the only place the backbone is named
         self.defaults = defaults
@@ -81,12 +92,13 @@ class VideoModel(LoraAdapters, SpeedSwitches):
             self.objective = "v"
         elif self.objective == "epsilon":
             self.objective = "eps"
+        self._init_experts(pipe, trained_experts)  # experts.py: self.transformers, the boundary, their placement
         self._init_adapters()
         self._rotary_cache: dict = {}
         self.low_memory = False                          # enable_low_memory
         self.offload = None                              # enable_speedups(offload_blocks=...): offload.py
         self._prompt_cache: dict[str, torch.Tensor] = {}  # text -> [L, D], low-memory mode only
-        for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
+        for module in (*self.transformers, pipe.vae, pipe.text_encoder):
             module.requires_grad_(False)
             module.eval()
 
@@ -100,7 +112,9 @@ class VideoModel(LoraAdapters, SpeedSwitches):
         Only safetensors weights are read and no remote code runs. The VAE stays in `vae_dtype`
         (default float32: Wan's VAE loses detail in bf16) while the transformer and text encoder use `dtype`.
         low_memory: see enable_low_memory; the text encoder then never moves to `device` here.
+        A name ending in ":high" or ":low" (Wan2.2-A14B) trains that expert only (experts.py).
         """
+        full_name, name_or_path, trained_experts = name_or_path, *split_expert_choice(name_or_path)
         if name_or_path in tiny.TINY_PRESETS:
             pipe = tiny.build_tiny_pipeline(name_or_path)
             family = "cogvideox" if "cogvideox" in name_or_path else "wan"
@@ -109,18 +123,21 @@ class VideoModel(LoraAdapters, SpeedSwitches):
             pipe = _load_diffusers_pipeline(MODEL_PRESETS.get(name_or_path, name_or_path), dtype,
                                              vae_dtype or torch.float32)
             family = _family_of(pipe)
-            defaults = DEFAULTS[family]
-        if low_memory:  # the text encoder stays on the CPU (enable_low_memory)
-            pipe.transformer.to(device)
-            pipe.vae.to(device)
+            defaults = DEFAULTS[_wan22_kind(pipe) or family]
+        second_expert = getattr(pipe, "transformer_2", None)
+        if low_memory or second_expert is not None:  # low memory: the text encoder stays on the CPU
+            for module in (pipe.transformer, pipe.vae, *(() if low_memory else (pipe.text_encoder,))):
+                module.to(device)                      # the second expert waits on the host (experts.py)
         else:
             pipe.to(device)
-        for module, wanted in ((pipe.transformer, dtype), (pipe.text_encoder, dtype),
+        for module, wanted in ((pipe.transformer, dtype), (second_expert, dtype), (pipe.text_encoder, dtype),
                                (pipe.vae, vae_dtype or torch.float32)):
+            if module is None:
+                continue
             if module.dtype != wanted:  # from_pretrained already loaded most in `dtype`
                 module.to(wanted)
         pipe.set_progress_bar_config(disable=True)
-        model = cls(pipe, family, defaults, name_or_path)
+        model = cls(pipe, family, defaults, full_name, trained_experts)
         if low_memory:
             model.enable_low_memory()
         return model
@@ -166,7 +183,7 @@ class VideoModel(LoraAdapters, SpeedSwitches):
         We take the posterior mean, not a sample: cached latents are then a pure function of the video.
         """
         videos = torch.as_tensor(np.asarray(videos))
-        _check_video_shape(videos.shape, self.family)
+        _check_video_shape(videos.shape, self.family, self.size_multiple)
         pixels = videos.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)  # [B, 3, F, H, W] in [-1, 1]
         latents = []
         for clip in pixels:  # one video at a time: the VAE's activations dominate memory
@@ -210,9 +227,12 @@ class VideoModel(LoraAdapters, SpeedSwitches):
         """
         if self.objective == "flow":
             u = torch.rand(n, generator=generator, device="cpu")
+            if (u_range := self._training_range()) is not None:  # one Wan2.2 expert trains: its timesteps only
+                u = u_range[0] + (u_range[1] - u_range[0]) * u
             shift = float(self.pipe.scheduler.config.get("flow_shift") or self.pipe.scheduler.config.get("shift") or 1.0)
             sigma = shift * u / (1 + (shift - 1) * u)
-            return self.to_device((sigma * 1000).clamp(max=999.0))
+            t = (sigma * 1000).clamp(max=999.0)
+            return self.to_device(t if u_range is None else self._clamp_to_trained_expert(t))
         steps = self.pipe.scheduler.config.num_train_timesteps
         return self.to_device(torch.randint(0, steps, (n,), generator=generator, device="cpu").float())
 
@@ -251,10 +271,8 @@ class VideoModel(LoraAdapters, SpeedSwitches):
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """f_θ(x_t, t, c): x_t [B, C, F, H, W], t [B], text_emb [B, L, D] -> prediction [B, C, F, H, W] (fp32)."""
-        if self.family == "wan":
-            out = self.transformer(hidden_states=x_t.to(self.dtype), timestep=t, encoder_hidden_states=text_emb,
-                                   return_dict=False)[0]
-            return out.float()
+        if self.family == "wan":  # the expert of each row's t, per-token timesteps where the model wants them
+            return self._wan_forward(x_t, t, text_emb)
         # CogVideoX wants [B, F, C, H, W], integer timesteps, and (5B) rotary embeddings for this grid.
         hidden = x_t.permute(0, 2, 1, 3, 4).to(self.dtype)
         out = self.transformer(hidden_states=hidden, timestep=t.long(), encoder_hidden_states=text_emb,
@@ -289,7 +307,7 @@ class VideoModel(LoraAdapters, SpeedSwitches):
         d = self.defaults
         frames, height, width = frames or d.frames, height or d.height, width or d.width
         steps, guidance = steps or d.steps, d.guidance if guidance is None else guidance
-        _check_video_shape((len(prompts), frames, height, width, 3), self.family)
+        _check_video_shape((len(prompts), frames, height, width, 3), self.family, self.size_multiple)
         noise = self.initial_noise(seed, len(prompts), frames, height, width)  # [B, C, f, h, w]
         text_emb = self.encode_prompt(prompts)                                  # [B, L, D]
         if cfg_interval > 1 or cache is not None:
@@ -319,6 +337,7 @@ class VideoModel(LoraAdapters, SpeedSwitches):
         latents = self.pipe(
             prompt_embeds=text_emb, negative_prompt_embeds=negative_emb, num_frames=frames, height=height,
             width=width, num_inference_steps=steps, guidance_scale=guidance,
+            **({"guidance_scale_2": self.defaults.guidance_2} if self.boundary is not None else {}),
             latents=noise.to(self.device, torch.float32), output_type="latent", return_dict=False)[0]
         if self.family == "cogvideox":
             latents = latents.permute(0, 2, 1, 3, 4)
@@ -327,7 +346,8 @@ class VideoModel(LoraAdapters, SpeedSwitches):
     def check_video_size(self, frames: int | None, height: int | None, width: int | None) -> None:
         """Raise ValueError unless the VAE can take this size (None: the model's default)."""
         d = self.defaults
-        _check_video_shape((1, frames or d.frames, height or d.height, width or d.width, 3), self.family)
+        _check_video_shape((1, frames or d.frames, height or d.height, width or d.width, 3), self.family,
+                           self.size_multiple)
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         channels = self.transformer.config.in_channels
@@ -339,14 +359,14 @@ def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.to(like.device, like.dtype).view(-1, *[1] * (like.dim() - 1))
 
 
-def _check_video_shape(shape, family: str) -> None:
+def _check_video_shape(shape, family: str, multiple: int = 16) -> None:
     batch, frames, height, width, channels = shape
     if channels != 3:
         raise ValueError(f"videos must be RGB [B, F, H, W, 3], got shape {tuple(shape)}")
     if (frames - 1) % 4:
         raise ValueError(f"{family} videos need 4k+1 frames (e.g. 9, 33, 49, 81), got {frames}")
-    if height % 16 or width % 16:
-        raise ValueError(f"height and width must be multiples of 16, got {height}x{width}")
+    if height % multiple or width % multiple:
+        raise ValueError(f"height and width must be multiples of {multiple} for this model, got {height}x{width}")
 
 
 def _family_of(pipe) -> str:
@@ -357,6 +377,13 @@ def _family_of(pipe) -> str:
     if isinstance(pipe, CogVideoXPipeline):
         return "cogvideox"
     raise ModelLoadError(f"{type(pipe).__name__} is not supported: use a Wan2.1-T2V or CogVideoX text-to-video model.")
+
+
+def _wan22_kind(pipe) -> str | None:
+    """"wan2.2-5b" (per-token timesteps), "wan2.2-14b" (two experts) or None, read from the pipeline's config."""
+    if getattr(pipe.config, "expand_timesteps", False):
+        return "wan2.2-5b"
+    return "wan2.2-14b" if getattr(pipe, "transformer_2", None) is not None else None
 
 
 def _load_diffusers_pipeline(name_or_path: str, dtype: torch.dtype, vae_dtype: torch.dtype):

@@ -22,6 +22,7 @@ video), so the batch-K graphs' compiling (~10-15 s each) is missing; and of the 
     python bench/time_to_lora.py --out runs/time_to_lora --preset-arg "--videos-per-prompt 2" \\
         --preset-arg "--sample-steps 10 --cfg-interval 2"                   # + candidates
     python bench/time_to_lora.py --small --out /tmp/time_to_lora            # CPU check of the script, toy widths
+    python bench/time_to_lora.py --backbone wan2.2-5b --out runs/time_to_lora-5b   # Wan2.2 (rehearsal.BACKBONES)
 
 Exports: unit_cost, extrapolate_stage, full_units, stage_pieces, stage_table, main.
 """
@@ -45,9 +46,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 from published import environment, print_table  # noqa: E402
+from rehearsal import BACKBONES  # noqa: E402
 
 PHOTO = REPO / "examples" / "astronaut.jpg"
-FOLDER = "Wan2.1-T2V-1.3B-random"  # where bench/rehearsal.py's build stage writes the model folder inside --out
 SMALL_SIZE = ["--frames", "9", "--height", "64", "--width", "64"]  # --small: rehearsal.py --small's video size
 # A few units of every stage, at least three pieces each where compiling can hide in one: 4 identity steps,
 # 2 prompts x 1 video x 2 sources in the repository, 3 + 3 DPO steps, 3 evaluation videos (1 prompt x 3 models).
@@ -68,15 +69,17 @@ def main(argv=None):
                    help="a candidate preset: train.py flags over the GPU preset, in one string; repeatable")
     p.add_argument("--extra", default="", help="flags for every train.py run, measured and extrapolated alike")
     p.add_argument("--table", default=None, help="append the tables to this file")
+    p.add_argument("--backbone", default="wan2.1-1.3b", choices=sorted(BACKBONES),
+                   help="the published configs rehearsal.py builds (its folder inside --out)")
     args = p.parse_args(argv)
 
     print(environment(), flush=True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.small else "CPU"
     out = Path(args.out)
-    folder = out / FOLDER
-    if not (folder / "model_index.json").exists():  # the rehearsal's build: 14.7 GB of random safetensors
+    folder = out / BACKBONES[args.backbone]["folder"]
+    if not (folder / "model_index.json").exists():  # the rehearsal's build: 14.7 GB of random safetensors (1.3B)
         subprocess.run([sys.executable, str(REPO / "bench" / "rehearsal.py"), "--out", str(out), "--stages", "build",
-                        *(["--small"] if args.small else [])], cwd=REPO, check=True)
+                        "--backbone", args.backbone, *(["--small"] if args.small else [])], cwd=REPO, check=True)
     base = [*(SMALL_SIZE if args.small else []), *shlex.split(args.extra)]
     preset = train_args(folder, base)
     measured = {}  # the flags that change unit costs -> the reduced run that measured them
@@ -92,7 +95,7 @@ def main(argv=None):
         run_dir, wall = measured[costs]
         rows, total, note = stage_table(stage_pieces(run_dir, wall), full_units(full))
         rows.append(["total", "", f"{wall:.0f}", "", "", f"{total:.0f} s = {total / 60:.1f} min{note}"])
-        title = f"Time-to-LoRA, {'toy widths (--small)' if args.small else 'Wan2.1-1.3B published size'}, {device}: " \
+        title = f"Time-to-LoRA, {'toy widths (--small)' if args.small else args.backbone + ' published size'}, {device}: " \
                 f"train.py {candidate or 'at the GPU preset'} (measured in {run_dir.name})"
         print_table(title, ["stage", "units run", "measured s", "s / unit", "units full", "full s"], rows,
                     file=args.table)
