@@ -35,9 +35,8 @@ that person's. For several identities, loop, one run folder each:
     for who in alice bob; do python evaluate.py --ref photos/$who --lora-baseline runs/$who/identity_lora \\
         --lora-magicid runs/$who/magicid_lora --out runs/$who/eval_table; done
 
-Exports: evaluate (used by train.py's report), score_video, temporal_consistency, clip_image_similarity,
-reference_clip_embeddings, bootstrap_ci, summarize, markdown_table, id_curve_figure, rewards_figure,
-write_outputs, main.
+Exports: evaluate (used by train.py's report), score_video, bootstrap_ci, summarize, markdown_table,
+id_curve_figure, rewards_figure, write_outputs, main. (The CLIP metrics: clip_metrics.py.)
 """
 
 from __future__ import annotations
@@ -47,16 +46,17 @@ import csv
 import hashlib
 import json
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 import media
-from faces import read_photo
+from clip_metrics import clip_image_similarity, reference_clip_embeddings, temporal_consistency
 from rewards import dynamic_reward, identity_reward, prompt_reward
 from run import atomic_write
+from scoring_worker import ScoringWorker
 
 COLUMNS = {"r_id": "Face Sim. ↑", "face_hit_rate": "face hit rate", "r_dyn": "Dyna. Deg. ↑ (r_dyn, px)",
            "dynamic_degree": "VBench dynamic ↑", "temporal_consistency": "T. Cons. ↑", "clip_t": "CLIP-T ↑",
@@ -103,10 +103,7 @@ def evaluate(model, variants: dict, prompts: list[str], seeds: int, refs, encode
         atomic_write(stem.with_suffix(".json"), json.dumps({"key": key, "row": row}))  # whole or not at all
         return row
 
-    # A worker thread scores video k (CPU work, mostly) while the GPU samples video k + 1 (train.build_repository);
-    # one video waits for its scores at most, so a slow scorer does not pile decoded videos up in memory.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring") as scorer:
-        scoring = None
+    with ScoringWorker() as worker:  # scores video k while the GPU samples video k + 1 (scoring_worker.py)
         for name, adapter, p, s in tqdm(jobs, desc="evaluation", unit="video"):
             stem = cache_dir / f"{_slug(name)}_p{p}_s{s}"
             video_seed = seed + SEED_STRIDE * p + s
@@ -115,13 +112,11 @@ def evaluate(model, variants: dict, prompts: list[str], seeds: int, refs, encode
             if row is None:
                 with model.adapter(adapter):
                     videos, _ = model.sample([prompts[p]], seed=[video_seed], **video)
-                if scoring is not None:
-                    scoring.result()
-                row = scoring = scorer.submit(score_and_keep, videos[0], name, p, s, video_seed, stem, key)
+                row = worker.submit(score_and_keep, videos[0], name, p, s, video_seed, stem, key)
             rows.append(row)
             if s == 0 and p == 0:
                 sheets[name] = str(stem.with_suffix(".png"))
-        rows = [row.result() if isinstance(row, Future) else row for row in rows]  # a scoring error raises here
+    rows = [row.result() if isinstance(row, Future) else row for row in rows]  # all scored: the worker is done
     return {"rows": rows, "summary": summarize(rows, list(variants)), "sheets": sheets}
 
 
@@ -138,28 +133,6 @@ def score_video(video: np.ndarray, prompt: str, refs, encoder, fps: float, clip=
             "r_sem": sem.reward, "r_sem_judge": sem.reason, "clip_model": clip.name if clip else NO_CLIP,
             "id_per_frame": ident.per_frame.tolist(), "id_found": ident.found.tolist(),
             "id_frame_positions": (ident.frames / max(1, len(video) - 1)).tolist(), "id_backend": ident.backend}
-
-
-def temporal_consistency(video: np.ndarray, clip=None) -> float | None:
-    """Mean cosine between CLIP image embeddings of consecutive frames (VBench-style); None without CLIP."""
-    if clip is None:
-        return None
-    emb = _clip_image_embeddings(list(video), clip)   # [F, D] unit
-    return float((emb[1:] * emb[:-1]).sum(-1).mean())
-
-
-def clip_image_similarity(video: np.ndarray, ref_clip: np.ndarray | None, clip=None) -> float | None:
-    """CLIP-I: mean cosine between the CLIP image embeddings of every frame and every reference photo,
-    ref_clip [N, D] unit (reference_clip_embeddings); None without CLIP."""
-    if clip is None or ref_clip is None:
-        return None
-    return float((_clip_image_embeddings(list(video), clip) @ ref_clip.T).mean())   # [F, N] -> mean
-
-
-def reference_clip_embeddings(paths: list[str], clip=None) -> np.ndarray | None:
-    """The reference photos, whole (as the paper's CLIP-I compares frames to the reference images), as CLIP
-    image embeddings [N, D] unit float64; None without CLIP."""
-    return None if clip is None else _clip_image_embeddings([read_photo(Path(p)) for p in paths], clip)
 
 
 def bootstrap_ci(values, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -226,7 +199,7 @@ def markdown_table(summary: dict, backend: str) -> str:
 
 def id_curve_figure(summary: dict):
     """A matplotlib figure: mean r_id of each sampled frame (band: 95 % CI) against its position in the video."""
-    plt = _pyplot()
+    plt = media.pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for name, metrics in summary.items():
         curve = metrics["id_curve"]
@@ -241,7 +214,7 @@ def id_curve_figure(summary: dict):
 
 def rewards_figure(summary: dict):
     """r_id and r_dyn per model: the mean with its 95 % bootstrap CI as an error bar."""
-    plt = _pyplot()
+    plt = media.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(7, 3))
     names = list(summary)
     for ax, metric, label in zip(axes, ("r_id", "r_dyn"), ("r_id (identity)", "r_dyn (motion, px)")):
@@ -280,7 +253,7 @@ def write_outputs(results: dict, out: Path, backend: str) -> None:
             curve = metrics["id_curve"]
             points = zip(curve["position"], curve["mean"], curve["low"], curve["high"])
             writer.writerows([name, *point] for point in points)
-    plt = _pyplot()
+    plt = media.pyplot()
     for filename, figure in (("id_curve.png", id_curve_figure(summary)), ("rewards.png", rewards_figure(summary))):
         figure.savefig(out / filename, dpi=120)
         plt.close(figure)
@@ -356,17 +329,6 @@ def main(argv=None) -> Path:
 
 # ---- helpers, in the order the entry points above use them -------------------------------------
 
-def _clip_image_embeddings(images: list, clip) -> np.ndarray:
-    """uint8 [H, W, 3] images -> CLIP image embeddings [n, D], unit rows, float64."""
-    import torch
-
-    pixels = clip.processor(images=images, return_tensors="pt")["pixel_values"].to(clip.device)
-    with torch.no_grad():  # CLIP's image embedding: the pooled vision output through the projection
-        pooled = clip.model.vision_model(pixel_values=pixels).pooler_output
-        emb = clip.model.visual_projection(pooled).double()                # [n, D]
-    return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
-
-
 def _why_missing(metric: str) -> str:
     return NO_JUDGE if metric == "r_sem" else NO_CLIP
 
@@ -381,13 +343,6 @@ def _cached_row(path: Path, key: dict) -> dict | None:
         return None
     cached = json.loads(path.read_text())
     return cached["row"] if cached.get("key") == key else None
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def _lora_file(flag: str, folder: str) -> Path:

@@ -12,8 +12,8 @@ has one LoRA per expert: LORA_FILE for `transformer` (high noise) and LORA_FILE_
 which a stock pipeline reads with load_lora_weights(folder, weight_name=LORA_FILE_LOW_NOISE,
 load_into_transformer_2=True).
 
-Exports: LoraAdapters (VideoModel's adapter half), LORA_TARGETS, LORA_FILE, LORA_INFO_FILE, find_lora,
-check_lora_file, ModelLoadError.
+Exports: LoraAdapters (VideoModel's adapter half), LORA_TARGETS, LORA_FILE, LORA_INFO_FILE, copy_adapter,
+find_lora, check_lora_file, ModelLoadError.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class ModelLoadError(RuntimeError):
 
 
 class LoraAdapters:
-    """The adapter methods of model.VideoModel; they use its `transformer`, `pipe` and `name`."""
+    """The adapter methods of model.VideoModel; they use its `transformer`, `pipe`, `name` and `base_model`."""
 
     def _init_adapters(self) -> None:
         self._trainable_adapters: set[str] = set()
@@ -87,12 +87,8 @@ class LoraAdapters:
 
     def save_lora(self, lora_dir: str, name: str = "default", info: dict | None = None) -> None:
         """Write adapter `name` in the diffusers format that a stock pipeline's load_lora_weights reads,
-        and LORA_INFO_FILE beside it: the base model (a local folder as an absolute path) and `info`."""
+        and LORA_INFO_FILE beside it: the base model (VideoModel.base_model) and `info`."""
         from peft.utils import get_peft_model_state_dict
-
-        import tiny
-        from experts import split_expert_choice
-        from model import MODEL_PRESETS  # here, not at the top: model.py imports this file
 
         for transformer, weight_name in zip(self.transformers, (LORA_FILE, LORA_FILE_LOW_NOISE)):
             state = get_peft_model_state_dict(transformer, adapter_name=name)
@@ -100,12 +96,8 @@ class LoraAdapters:
             metadata = transformer.peft_config[name].to_dict()
             type(self.pipe).save_lora_weights(lora_dir, transformer_lora_layers=state, weight_name=weight_name,
                                               transformer_lora_adapter_metadata=metadata, safe_serialization=True)
-        base, expert = split_expert_choice(self.name)[0], self.name[len(split_expert_choice(self.name)[0]):]
-        if base not in MODEL_PRESETS and base not in tiny.TINY_PRESETS and os.path.isdir(os.path.expanduser(base)):
-            base = os.path.abspath(os.path.expanduser(base))  # found again from any working directory
-        base += expert  # ":high" / ":low" (experts.py), if the model had one
         with open(os.path.join(lora_dir, LORA_INFO_FILE), "w", encoding="utf-8") as handle:
-            json.dump({"base_model": base, **(info or {})}, handle, indent=1)
+            json.dump({"base_model": self.base_model, **(info or {})}, handle, indent=1)
 
     def lora_parameters(self, name: str = "default") -> list[torch.nn.Parameter]:
         """The parameters of adapter `name` in the experts that train, in a fixed order (optimizers and checkpoints
@@ -174,6 +166,14 @@ class LoraAdapters:
         # reference adapter for a no-grad forward does not silently change what the optimizer trains.
         for p, trains in self._lora_params:
             p.requires_grad_(trains)
+
+
+def copy_adapter(model, source: str, target: str) -> None:
+    """Overwrite adapter `target`'s weights with adapter `source`'s (same rank and layers): online rounds
+    make the round's result the next round's DPO reference this way."""
+    with torch.no_grad():
+        for src, dst in zip(model.lora_parameters(source), model.lora_parameters(target), strict=True):
+            dst.copy_(src)
 
 
 def find_lora(path: str) -> tuple[str, dict]:

@@ -4,7 +4,7 @@ Every video in magicid is a numpy uint8 array [F, H, W, 3] (RGB). This file turn
 files (H.264 through imageio's bundled ffmpeg), reads mp4/gif/image files back, and lays frames out
 as a PNG contact sheet for people (and reports) to look at.
 
-Exports: write_video, read_video, contact_sheet, write_png.
+Exports: write_video, read_video, contact_sheet, write_png, pyplot.
 """
 
 from __future__ import annotations
@@ -67,3 +67,11 @@ def write_png(path: str, image: np.ndarray) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     Image.fromarray(image).save(path)
 
+
+def pyplot():
+    """matplotlib.pyplot drawing off-screen (the Agg backend): figures for PNG files and reports, on machines
+    without a display. Imported on first use: most of magicid never draws."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt

@@ -80,6 +80,7 @@ class VideoModel(LoraAdapters, WanExperts, SpeedSwitches):
         self.family = family  # "wan" | "cogvideox": the only place the backbone is named
         self.defaults = defaults
         self.name = name
+        self.base_model = _name_to_record(name)  # what a saved LoRA's magicid.json names (lora.py)
         self.transformer = pipe.transformer
         self.vae = pipe.vae
         # Read once: the transformer stays where from_pretrained put it, and diffusers' ModelMixin.device and
@@ -97,7 +98,7 @@ class VideoModel(LoraAdapters, WanExperts, SpeedSwitches):
         self._rotary_cache: dict = {}
         self.low_memory = False                          # enable_low_memory
         self.offload = None                              # enable_speedups(offload_blocks=...): offload.py
-        self._prompt_cache: dict[str, torch.Tensor] = {}  # text -> [L, D], low-memory mode only
+        self._prompt_cache: dict[str, torch.Tensor] = {}  # text -> [L, D]: encode_prompt, cache_prompts
         for module in (*self.transformers, pipe.vae, pipe.text_encoder):
             module.requires_grad_(False)
             module.eval()
@@ -163,11 +164,12 @@ class VideoModel(LoraAdapters, WanExperts, SpeedSwitches):
 
     @torch.no_grad()
     def encode_prompt(self, texts: list[str]) -> torch.Tensor:
-        """texts -> text_emb: [B, L, D], the transformer's cross-attention context."""
-        if self.low_memory:
-            self.cache_prompts(texts)
-            return torch.stack([self._prompt_cache[text] for text in texts])
-        return self._run_text_encoder(texts)
+        """texts -> text_emb: [B, L, D], the transformer's cross-attention context.
+
+        Each text is encoded once and kept ([L, D] each; Wan: 4 MiB in bf16): a training step or a sampling
+        call with a prompt seen before never runs the text encoder (low memory: it never leaves the CPU)."""
+        self.cache_prompts(texts)
+        return torch.stack([self._prompt_cache[text] for text in texts])
 
     @torch.no_grad()
     def _run_text_encoder(self, texts: list[str]) -> torch.Tensor:
@@ -384,6 +386,17 @@ def _wan22_kind(pipe) -> str | None:
     if getattr(pipe.config, "expand_timesteps", False):
         return "wan2.2-5b"
     return "wan2.2-14b" if getattr(pipe, "transformer_2", None) is not None else None
+
+
+def _name_to_record(name: str) -> str:
+    """The base model as a LoRA file records it: a preset or hub id as given, a local folder as an absolute
+    path, so that generate.py finds it again from any working directory; an expert choice (":high" / ":low",
+    experts.py) stays on the end."""
+    base, _ = split_expert_choice(name)
+    path = os.path.expanduser(base)
+    if base in MODEL_PRESETS or base in tiny.TINY_PRESETS or not os.path.isdir(path):
+        return name
+    return os.path.abspath(path) + name[len(base):]
 
 
 def _load_diffusers_pipeline(name_or_path: str, dtype: torch.dtype, vae_dtype: torch.dtype):

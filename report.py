@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import evaluate
+import media
 from sampling import pareto_frontier
 
 SOURCE_COLORS = {"static": "#888888", "initial": "#1f77b4", "finetuned": "#d62728"}
@@ -88,7 +89,7 @@ def markdown_to_html(markdown: str) -> str:
 def training_figure(log: list[dict]):
     """Loss, implicit accuracy and implicit reward margin against the step, one line per stage.
     FIGURE_WIDTH_IN · DPI = the page width, so the three panels are shown at their own size."""
-    plt = _pyplot()
+    plt = media.pyplot()
     stages = list(dict.fromkeys(r["stage"] for r in log if "loss" in r))
     fig, axes = plt.subplots(1, 3, figsize=(FIGURE_WIDTH_IN, 3.2))
     for k, stage in enumerate(stages):
@@ -146,7 +147,7 @@ def _sheet_caption(variant: str, rows: list[dict]) -> str:
 
 def _plot_repository(repo, pairs: dict):
     """r_id vs r_dyn of every stored video, per-prompt frontiers circled, pairs as winner→loser lines."""
-    plt = _pyplot()
+    plt = media.pyplot()
     table = repo.table()
     index = {video_id: i for i, video_id in enumerate(table["id"])}
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -178,12 +179,5 @@ def _plot_repository(repo, pairs: dict):
 def _png(fig) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
-    _pyplot().close(fig)
+    media.pyplot().close(fig)
     return f"<img src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt

@@ -6,7 +6,11 @@ the latents of the chosen pairs. It lives in the run folder (run.py) and shares 
 file is written whole or not at all (run.atomic_write), so a run killed mid-write resumes with the videos
 it had.
 
-Exports: Repository.
+It is filled in two stages of train.py: add_static_videos (stage 1: the photos as still videos, which the
+identity stage trains on and identity pairs prefer) and build_repository (stage 2: K videos per prompt from
+the initial and the current model, scored on a worker while the GPU samples the next batch).
+
+Exports: Repository, add_static_videos, build_repository.
 """
 
 from __future__ import annotations
@@ -20,9 +24,13 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
+from tqdm import tqdm
 
+import parallel
+from faces import read_photo
 from run import atomic_write
-from sampling import SOURCES
+from sampling import SOURCES, crop_around_face, static_video
+from scoring_worker import ScoringWorker
 
 
 class Repository:
@@ -137,3 +145,50 @@ class Repository:
 
     def _write_index(self):
         atomic_write(self.root / "index.json", json.dumps(self._index, indent=1, sort_keys=True).encode())
+
+
+# ---------------------------------------------------------------------- filling it: train.py's stages 1 and 2
+
+def add_static_videos(repo, model, refs, encoder, args, captions, scored_add):
+    """--static-videos static videos, cycling over the photos and captions, each with its own jitter.
+    scored_add(videos, latents, prompts, source, seeds) scores them and adds them to `repo`."""
+    d = model.defaults
+    frames, height, width = args.frames or d.frames, args.height or d.height, args.width or d.width
+    photos = [read_photo(Path(p)) for p in refs.paths]
+    if args.face_framing > 0:  # zoom each photo to its face (the largest, as load_references chose)
+        boxes = [max(encoder.find_faces(photo, thorough=True), key=lambda f: f.area).box for photo in photos]
+        photos = [crop_around_face(photo, box, height / width, args.face_framing) for photo, box in zip(photos, boxes)]
+    for i in tqdm(parallel.shard(list(range(args.static_videos))), desc="static videos", unit="video",
+                  disable=not parallel.is_main()):
+        caption = captions[i % len(captions)]
+        if repo.has(caption, "static", i):
+            continue
+        rng = np.random.default_rng([args.seed, i])
+        clip = static_video(photos[i % len(photos)], frames, height, width, jitter=args.jitter, rng=rng)
+        scored_add(clip[None], model.encode_video(clip[None]), [caption], "static", [i])
+    parallel.barrier()
+
+
+def build_repository(repo, model, prompts, round_index, args, video, scored_add, timer):
+    """K videos per prompt from the initial model (no LoRA) and from the current one; skip what exists.
+
+    Jobs are (source, prompt) batches of K seeds, spread over processes (parallel.shard); each video
+    is its own file, so a process that dies loses at most the batch it was writing. One scoring worker
+    (scoring_worker.py): the repository keeps one writer, and "repository scoring" in the timings is the
+    time the GPU waited for it, not its whole cost.
+    """
+    sources = [("initial", None), ("finetuned", "default")] if round_index == 0 else [("finetuned", "default")]
+    all_seeds = [args.seed + 1000 * round_index + k for k in range(args.videos_per_prompt)]
+    jobs = [(source, adapter, prompt) for source, adapter in sources for prompt in prompts]
+    with ScoringWorker(waiting=lambda videos: timer("repository scoring", videos)) as worker:
+        for source, adapter, prompt in tqdm(parallel.shard(jobs), desc=f"repository round {round_index}",
+                                            unit="prompt", disable=not parallel.is_main()):
+            seeds = [s for s in all_seeds if not repo.has(prompt, source, s)]
+            if not seeds:
+                continue
+            with model.adapter(adapter), timer("repository videos", len(seeds)):  # sampling and the VAE decode
+                videos, latents = model.sample([prompt] * len(seeds), seed=seeds, cfg_interval=args.cfg_interval,
+                                               cache=args.cache, **video)
+            worker.submit(scored_add, videos, latents, [prompt] * len(seeds), source, seeds, units=len(seeds))
+    parallel.barrier()
+    return Repository(repo.root)  # re-read: the other processes' videos are on disk now

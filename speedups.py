@@ -155,13 +155,15 @@ class SpeedSwitches:
         self.vae.enable_slicing()
 
     def cache_prompts(self, texts: list[str]) -> None:
-        """Low-memory mode: encode the prompts not yet cached, in one visit of the text encoder to the GPU.
-        Otherwise nothing to do: the text encoder lives on the GPU and encodes as prompts come."""
+        """Encode the prompts not yet in the model's prompt cache (encode_prompt reads it). Low-memory mode:
+        in one visit of the text encoder to the GPU, so name a run's prompts up front."""
         new = [text for text in dict.fromkeys(texts) if text not in self._prompt_cache]
-        if not self.low_memory or not new:
+        if not new:
             return
-        self.pipe.text_encoder.to(self.device)
+        if self.low_memory:
+            self.pipe.text_encoder.to(self.device)
         for start in range(0, len(new), 8):  # 8 prompts at a time: UMT5-XXL's attention grows with the batch
             self._prompt_cache.update(zip(new[start:start + 8], self._run_text_encoder(new[start:start + 8])))
-        self.pipe.text_encoder.to("cpu")
-        torch.cuda.empty_cache()  # hand its 11 GB back, not only to torch's cache
+        if self.low_memory:
+            self.pipe.text_encoder.to("cpu")
+            torch.cuda.empty_cache()  # hand its 11 GB back, not only to torch's cache

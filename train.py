@@ -6,7 +6,7 @@ The stages (METHOD.md steps 0–6), in the order this file runs them; each is re
   1. identity     LoRA on static videos of the photos (self-reconstruction baseline):
                   min E ‖target(x_0, ε, t) − f_θ(x_t, t, "a photo of sks person")‖²  model.denoising_error
   2. repository   K videos per prompt from the initial model (LoRA off) and the identity model (LoRA on),
-                  plus the static videos, each scored with r_id, r_dyn (, r_sem)      repository.Repository, rewards
+                  plus the static videos, each scored with r_id, r_dyn (, r_sem)      repository.build_repository
   3. pairs        identity pairs (static-first) and dynamic pairs (Pareto frontier)  sampling.select_*_pairs
   4. DPO          Diffusion-DPO on identity pairs, then on dynamic pairs; the reference is the identity
                   model (a frozen copy of its LoRA, no network copy)                dpo.preference_step
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -41,15 +40,15 @@ import fast_sampling
 import parallel
 import report
 from dpo import BETA, preference_step
-from faces import ID_CALIBRATION, ReferencePhotoError, load_references, make_face_encoder, read_photo
+from faces import ID_CALIBRATION, ReferencePhotoError, load_references, make_face_encoder
 from cli import HelpFormatter, add_model_args, load_model_from_args
-from model import LORA_TARGETS, ModelLoadError
+from lora import LORA_TARGETS, ModelLoadError, copy_adapter
 from prompt_files import PromptFileError, person_phrase, read_prompts
 from judges import ClipScorer, load_judge
 from rewards import score_videos
-from repository import Repository
+from repository import Repository, add_static_videos, build_repository
 from run import Run, RunLock, StageTimer, StepLog, disk_full, resume_command, run_settings
-from sampling import crop_around_face, select_dynamic_pairs, select_identity_pairs, static_video, summary
+from sampling import select_dynamic_pairs, select_identity_pairs, summary
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 
@@ -223,8 +222,7 @@ def train(args) -> Path:
                          "prompt_judge": judge.name if judge else "off"})
     repo = Repository(run.dir / "repository")
     video = dict(frames=args.frames, height=args.height, width=args.width, steps=args.sample_steps)
-    text_cache = TextCache(model)
-    with timer("text encoder"):  # low memory: one text-encoder visit
+    with timer("text encoder"):  # every prompt of the run encoded once, up front (low memory: one visit of the GPU)
         model.cache_prompts(identity_captions + train_prompts + heldout_prompts + [""])
 
     def scored_add(videos, latents, prompts, source, seeds):
@@ -240,7 +238,7 @@ def train(args) -> Path:
     statics = [e for e in repo.entries() if e["source"] == "static"]
     with timer("identity", args.identity_steps):
         optimize(run, "identity", model, args.identity_steps, args.lr, args,
-                 partial(reconstruction_loss, model, repo, statics, text_cache, args, partial(run.step_seed, "identity")))
+                 partial(reconstruction_loss, model, repo, statics, args, partial(run.step_seed, "identity")))
     run.save_stage_lora(model, "identity")
 
     # 2-4. Repository, pairs, preference optimization; later rounds regenerate with the current model.
@@ -256,7 +254,7 @@ def train(args) -> Path:
             steps = getattr(args, f"dpo_{rule}_steps") if chosen["pairs"] else 0
             with timer(stage, steps):
                 optimize(run, stage, model, steps, args.dpo_lr, args,
-                         partial(dpo_loss_of_pair, model, repo, chosen, text_cache, args, partial(run.step_seed, stage)))
+                         partial(dpo_loss_of_pair, model, repo, chosen, args, partial(run.step_seed, stage)))
         if round_index + 1 < args.rounds:  # online: the next round's reference is this round's result
             copy_adapter(model, "default", "reference")
     run.save_stage_lora(model, "magicid")
@@ -332,26 +330,7 @@ def optimize(run: Run, stage: str, model, steps: int, lr: float, args, item_loss
 
 # ---------------------------------------------------------------------- stage 1: identity
 
-def add_static_videos(repo, model, refs, encoder, args, captions, scored_add):
-    """--static-videos static videos, cycling over the photos and captions, each with its own jitter."""
-    d = model.defaults
-    frames, height, width = args.frames or d.frames, args.height or d.height, args.width or d.width
-    photos = [read_photo(Path(p)) for p in refs.paths]
-    if args.face_framing > 0:  # zoom each photo to its face (the largest, as load_references chose)
-        boxes = [max(encoder.find_faces(photo, thorough=True), key=lambda f: f.area).box for photo in photos]
-        photos = [crop_around_face(photo, box, height / width, args.face_framing) for photo, box in zip(photos, boxes)]
-    for i in tqdm(parallel.shard(list(range(args.static_videos))), desc="static videos", unit="video",
-                  disable=not parallel.is_main()):
-        caption = captions[i % len(captions)]
-        if repo.has(caption, "static", i):
-            continue
-        rng = np.random.default_rng([args.seed, i])
-        clip = static_video(photos[i % len(photos)], frames, height, width, jitter=args.jitter, rng=rng)
-        scored_add(clip[None], model.encode_video(clip[None]), [caption], "static", [i])
-    parallel.barrier()
-
-
-def reconstruction_loss(model, repo, statics, text_cache, args, step_seed, step, item):
+def reconstruction_loss(model, repo, statics, args, step_seed, step, item):
     """The identity stage's loss on one static video: plain denoising (the self-reconstruction baseline).
     step_seed(step[, item]) seeds the step's draws: which videos, t and ε."""
     picks = np.random.default_rng(step_seed(step)).integers(0, len(statics), args.batch_size)
@@ -360,46 +339,11 @@ def reconstruction_loss(model, repo, statics, text_cache, args, step_seed, step,
     generator = torch.Generator().manual_seed(step_seed(step, item))
     t = model.sample_timesteps(1, generator)                               # [1]
     noise = model.to_device(torch.randn(x0.shape, generator=generator))    # [1, C, F, H, W]
-    loss = model.denoising_error(x0, noise, t, text_cache([video["prompt"]])).mean()
+    loss = model.denoising_error(x0, noise, t, model.encode_prompt([video["prompt"]])).mean()
     return loss, {"loss": loss.detach()}
 
 
 # ---------------------------------------------------------------------- stages 2-4: repository, pairs, DPO
-
-def build_repository(repo, model, prompts, round_index, args, video, scored_add, timer):
-    """K videos per prompt from the initial model (no LoRA) and from the current one; skip what exists.
-
-    Jobs are (source, prompt) batches of K seeds, spread over processes (parallel.shard); each video
-    is its own file, so a process that dies loses at most the batch it was writing.
-    """
-    sources = [("initial", None), ("finetuned", "default")] if round_index == 0 else [("finetuned", "default")]
-    all_seeds = [args.seed + 1000 * round_index + k for k in range(args.videos_per_prompt)]
-    jobs = [(source, adapter, prompt) for source, adapter in sources for prompt in prompts]
-    # Scoring is mostly CPU work (face detection, optical flow: 3-5 s a video on the H100 box, a fifth of its
-    # sampling), so a worker thread scores batch k while the GPU samples batch k + 1. One worker: the repository
-    # keeps one writer. "repository scoring" is then the time spent waiting for it, not its whole cost.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring") as scorer:
-        scoring = None  # (the worker's future, how many videos it scores)
-
-        def wait_for_scoring():
-            if scoring is not None:
-                with timer("repository scoring", scoring[1]):
-                    scoring[0].result()  # raises here what went wrong there
-
-        for source, adapter, prompt in tqdm(parallel.shard(jobs), desc=f"repository round {round_index}",
-                                            unit="prompt", disable=not parallel.is_main()):
-            seeds = [s for s in all_seeds if not repo.has(prompt, source, s)]
-            if not seeds:
-                continue
-            with model.adapter(adapter), timer("repository videos", len(seeds)):  # sampling and the VAE decode
-                videos, latents = model.sample([prompt] * len(seeds), seed=seeds, cfg_interval=args.cfg_interval,
-                                               cache=args.cache, **video)
-            wait_for_scoring()  # the batch before: usually done by now
-            scoring = scorer.submit(scored_add, videos, latents, [prompt] * len(seeds), source, seeds), len(seeds)
-        wait_for_scoring()
-    parallel.barrier()
-    return Repository(repo.root)  # re-read: the other processes' videos are on disk now
-
 
 def select_pairs(repo, args, delta_id, judged: bool) -> dict:
     """Both rules over the whole repository; pairs as video ids plus the prompt each trains on.
@@ -421,34 +365,15 @@ def select_pairs(repo, args, delta_id, judged: bool) -> dict:
     return out
 
 
-def dpo_loss_of_pair(model, repo, pairs, text_cache, args, step_seed, step, item):
+def dpo_loss_of_pair(model, repo, pairs, args, step_seed, step, item):
     """The Diffusion-DPO loss of one pair of the step's batch (dpo.preference_step with B = 1)."""
     picks = np.random.default_rng(step_seed(step)).integers(0, len(pairs["pairs"]), args.batch_size)
     winner, loser = pairs["pairs"][picks[item]]
     batch = {"latents_w": repo.latents(winner)[None],                     # [1, C, F, H, W]
              "latents_l": repo.latents(loser)[None],
-             "text_emb": text_cache([pairs["prompts"][picks[item]]])}     # [1, L, D]
+             "text_emb": model.encode_prompt([pairs["prompts"][picks[item]]])}  # [1, L, D]
     return preference_step(model, batch, beta=args.beta, sft_weight=args.sft_weight,
                            generator=torch.Generator().manual_seed(step_seed(step, item)))
-
-
-def copy_adapter(model, source: str, target: str) -> None:
-    with torch.no_grad():
-        for src, dst in zip(model.lora_parameters(source), model.lora_parameters(target)):
-            dst.copy_(src)
-
-
-class TextCache:
-    """Prompt embeddings computed once per prompt: the text encoder never runs inside a step."""
-
-    def __init__(self, model):
-        self.model, self.cache = model, {}
-
-    def __call__(self, prompts: list[str]) -> torch.Tensor:
-        missing = [p for p in dict.fromkeys(prompts) if p not in self.cache]
-        if missing:
-            self.cache.update(zip(missing, self.model.encode_prompt(missing)))
-        return torch.stack([self.cache[p] for p in prompts])
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """model.py's low-memory path: the text encoder visits the device once per batch of new prompts, the embeddings
-are the ones the default path computes, and the VAE is tiled; chosen by --low-memory or the GPU's size."""
+are the ones the default path computes (which keeps each prompt too), and the VAE is tiled; chosen by
+--low-memory or the GPU's size."""
 
 import argparse
 
@@ -30,13 +31,16 @@ def test_low_memory_embeddings_equal_the_default_ones_and_each_prompt_is_encoded
     assert next(low.pipe.text_encoder.parameters()).device.type == "cpu"
 
 
-def test_the_default_path_caches_nothing():
+def test_the_default_path_keeps_each_prompt_too_and_its_encoder_stays_put():
+    # One prompt cache, the model's, on both paths: only the low-memory one moves the text encoder.
     model = VideoModel.from_pretrained("tiny")
     runs = count_text_encoder_runs(model)
     model.cache_prompts(PROMPTS)
-    assert runs[0] == 0
+    assert runs[0] == 1
     model.encode_prompt(PROMPTS[:1])
-    model.encode_prompt(PROMPTS[:1])
+    model.encode_prompt(PROMPTS[::-1])
+    assert runs[0] == 1
+    model.encode_prompt(["a prompt nobody named up front"])
     assert runs[0] == 2
 
 

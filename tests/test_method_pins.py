@@ -243,11 +243,11 @@ def test_the_identity_and_dpo_losses_draw_anew_at_each_step_and_repeat_within_on
                     {"r_id": 0.9, "r_dyn": 0.0}, seed) for seed in range(2)]
     statics = [e for e in repo.entries() if e["id"] == ids[0]]
     pairs = {"pairs": [ids], "prompts": ["a photo of a sks person"]}
-    args, text_cache = Namespace(batch_size=2, beta=2500.0, sft_weight=0.0), train.TextCache(tiny)
+    args = Namespace(batch_size=2, beta=2500.0, sft_weight=0.0)
     with torch.no_grad():
-        identity = [train.reconstruction_loss(tiny, repo, statics, text_cache, args,
+        identity = [train.reconstruction_loss(tiny, repo, statics, args,
                                               partial(run.step_seed, "identity"), step, 0)[0].item() for step in (0, 0, 1)]
-        dpo = [train.dpo_loss_of_pair(tiny, repo, pairs, text_cache, args, partial(run.step_seed, "dpo_identity_round0"),
+        dpo = [train.dpo_loss_of_pair(tiny, repo, pairs, args, partial(run.step_seed, "dpo_identity_round0"),
                                       step, 0)[1]["err_w"].item() for step in (0, 0, 1)]
     for losses in (identity, dpo):
         assert losses[0] == losses[1] and losses[1] != losses[2]

@@ -232,3 +232,43 @@ def test_any_sequence_of_adapter_switches_runs_exactly_the_adapter_asked_for():
             assert torch.equal(model.predict(x_t, t, text_emb), expected[inner]), (outer, inner)
         with torch.no_grad():
             assert torch.equal(model.predict(x_t, t, text_emb), expected[outer]), (outer, inner)
+
+
+def test_each_prompt_is_encoded_once_and_kept_by_the_model():
+    # The model owns the one prompt cache: a prompt seen before never runs the text encoder again (a training
+    # step reads it there), and what the cache returns is what diffusers' own encode_prompt gives for it.
+    model = VideoModel.from_pretrained("tiny")
+    encoded_rows = []
+    hook = model.pipe.text_encoder.register_forward_hook(lambda module, args, out: encoded_rows.append(len(args[0])))
+    try:
+        first = model.encode_prompt(["a person walking", "a dog running"])          # [2, L, D]
+        again = model.encode_prompt(["a dog running", "a person walking", "a dog running"])
+        model.cache_prompts(["a person walking", "a cat"])
+    finally:
+        hook.remove()
+    assert sum(encoded_rows) == 3  # "a person walking", "a dog running", then "a cat": once each
+    expected, _ = model.pipe.encode_prompt(prompt=["a dog running", "a person walking", "a dog running"],
+                                           do_classifier_free_guidance=False, device="cpu",
+                                           max_sequence_length=model.defaults.max_text_tokens)
+    torch.testing.assert_close(again, expected, atol=1e-6, rtol=1e-5)
+    assert torch.equal(again[1], first[0]) and torch.equal(again[0], again[2])
+
+
+def test_a_saved_lora_names_its_base_model_so_generate_finds_it_from_anywhere(tmp_path, monkeypatch):
+    import json
+
+    from model import DEFAULTS, MODEL_PRESETS
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my-wan").mkdir()
+    (tmp_path / "tiny").mkdir()  # a folder named like a preset: "tiny" still means the preset
+    pipe = tiny.build_tiny_pipeline("tiny")
+    recorded = {name: VideoModel(pipe, "wan", DEFAULTS["tiny"], name).base_model
+                for name in ("my-wan", "~/no-such-folder", "tiny", "wan-1.3b", MODEL_PRESETS["wan-1.3b"])}
+    assert recorded == {"my-wan": str(tmp_path / "my-wan"), "~/no-such-folder": "~/no-such-folder", "tiny": "tiny",
+                        "wan-1.3b": "wan-1.3b", MODEL_PRESETS["wan-1.3b"]: MODEL_PRESETS["wan-1.3b"]}
+    model = VideoModel(pipe, "wan", DEFAULTS["tiny"], "my-wan")
+    model.add_lora(4)
+    model.save_lora(str(tmp_path / "lora"), info={"token": "ohwx"})
+    info = json.loads((tmp_path / "lora" / "magicid.json").read_text())
+    assert info == {"base_model": str(tmp_path / "my-wan"), "token": "ohwx"}
