@@ -61,6 +61,7 @@ from model import DEFAULTS, VideoModel  # noqa: E402
 from run import replacing  # noqa: E402
 
 from toyworld.identities import PopulationWorld  # noqa: E402
+from toyworld.people import PeopleWorld  # noqa: E402
 from toyworld.world import ToyWorld  # noqa: E402
 
 # Each preset's run, as flag defaults (a flag given on the command line wins). tiny: see toyworld/README.md.
@@ -87,8 +88,8 @@ def main(argv=None) -> None:
     pipe.to(device)
     model = VideoModel(pipe, "wan", DEFAULTS["tiny"], "tiny")  # the objective of every later stage
     world = ToyWorld(device, seed=args.seed, people_share=args.people_share)
-    if args.population:  # people from identity seeds 0..999,999 (identities.py), not a fresh look per video
-        world.people = PopulationWorld(world)
+    # people from identity seeds 0..999,999 (identities.py), or a fresh random look per video (people.py)
+    world.people = PopulationWorld(world) if args.population else PeopleWorld(world)
     log = Log(os.path.join(args.out, "pretrain_log.jsonl"))
     log("setup", {"device": str(device), "canvases": world.describe(), "args": vars(args)})
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=args.bf16)

@@ -5,7 +5,9 @@
 The canvas is a natural image shipped in scikit-image (cat, coffee, rocket, ... never a face: FACE_IMAGES
 are excluded) or a procedural one (gradient, stripes, blobs, circles, squares); the camera pans, tilts,
 zooms, sways, shakes, or stays still. Captions name the subject and the motion: "a cat, camera pans
-left", "a photo of a rocket" (still). ToyWorld mixes in people (toyworld/people.py) at `people_share`.
+left", "a photo of a rocket" (still). ToyWorld mixes in people at `people_share`, drawn by the generator its
+caller sets as `world.people` (toyworld/people.py's PeopleWorld, or identities.py's PopulationWorld): people.py
+builds on this file, so this file never imports it.
 
 Exports: ToyWorld, MOTIONS, STILL_CAPTIONS, NATURAL_IMAGES, FACE_IMAGES, CANVAS, camera_path, render, to_uint8.
 """
@@ -48,12 +50,10 @@ class ToyWorld:
     def __init__(self, device, seed: int = 0, people_share: float = 0.0):
         from skimage import data
 
-        from toyworld.people import PeopleWorld
-
         self.device = torch.device(device)
         self.rng = np.random.default_rng(seed)
         self.people_share = people_share                                      # of videos that show a person
-        self.people = PeopleWorld(self)
+        self.people = None  # a people generator with batch(n, frames, size): set by the caller when people_share > 0
         self.images, self.subjects, self.grey = [], [], []
         for name, subject in NATURAL_IMAGES.items():
             assert name not in FACE_IMAGES
@@ -76,6 +76,8 @@ class ToyWorld:
     def batch(self, n: int, frames: int = 9, size: int = 128):
         """n videos: a binomial share of them people (toyworld/people.py), the rest canvases."""
         n_people = int(self.rng.binomial(n, self.people_share))
+        if n_people and self.people is None:
+            raise ValueError("people_share > 0 needs world.people: people.PeopleWorld(world) or a PopulationWorld")
         parts = [self._canvas_batch(n - n_people, frames, size)] if n > n_people else []
         if n_people:
             parts.append(self.people.batch(n_people, frames, size))
