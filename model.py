@@ -19,56 +19,18 @@ Backbones: Wan2.1-T2V 1.3B (default) and 14B, Wan2.2 TI2V-5B and T2V-A14B (its t
 timestep, and the 5B's per-token timesteps: experts.py), CogVideoX 2B/5B, and offline presets built from tiny
 configs of the same classes: "tiny" (Wan), "tiny-cogvideox", "tiny-wan2.2-5b", "tiny-wan2.2-14b" (see tiny.py).
 
-Exports: VideoModel, ModelLoadError, MODEL_PRESETS.
+Exports: VideoModel, ModelLoadError; MODEL_PRESETS, DEFAULTS, VideoDefaults (from backbones.py).
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-import tiny
+from backbones import DEFAULTS, MODEL_PRESETS, VideoDefaults, load_pipeline, name_to_record  # noqa: F401 (re-exported)
 from experts import WanExperts, split_expert_choice
 from lora import LORA_FILE, LORA_TARGETS, LoraAdapters, ModelLoadError  # noqa: F401  (re-exported)
 from speedups import SpeedSwitches
-
-# Hub ids of the published checkpoints, by the short names the CLI accepts.
-MODEL_PRESETS = {
-    "wan-1.3b": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
-    "wan-14b": "Wan-AI/Wan2.1-T2V-14B-Diffusers",
-    "wan2.2-5b": "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
-    "wan2.2-14b": "Wan-AI/Wan2.2-T2V-A14B-Diffusers",  # ":high" / ":low" after the name: train that expert only
-    "cogvideox-2b": "THUDM/CogVideoX-2b",
-    "cogvideox-5b": "THUDM/CogVideoX-5b",
-}
-@dataclass(frozen=True)
-class VideoDefaults:
-    """What a backbone was trained to produce; generate.py and train.py start from these."""
-
-    frames: int
-    height: int
-    width: int
-    fps: int
-    steps: int
-    guidance: float
-    max_text_tokens: int
-    guidance_2: float | None = None  # Wan2.2-A14B: the low-noise expert's guidance (WanPipeline's guidance_scale_2)
-
-
-DEFAULTS = {
-    "wan": VideoDefaults(frames=81, height=480, width=832, fps=16, steps=30, guidance=5.0, max_text_tokens=512),
-    # Wan2.2 as published (Wan-AI/Wan2.2 generate.py configs): TI2V-5B 121 frames of 704x1280 at 24 fps, 50 steps;
-    # T2V-A14B 81 frames of 720x1280 at 16 fps, 40 steps, guidance 4.0 (high noise) and 3.0 (low noise).
-    "wan2.2-5b": VideoDefaults(frames=121, height=704, width=1280, fps=24, steps=50, guidance=5.0, max_text_tokens=512),
-    "wan2.2-14b": VideoDefaults(frames=81, height=720, width=1280, fps=16, steps=40, guidance=4.0,
-                                max_text_tokens=512, guidance_2=3.0),
-    "cogvideox": VideoDefaults(frames=49, height=480, width=720, fps=8, steps=50, guidance=6.0, max_text_tokens=226),
-    # The tiny toy-world base over-saturates at Wan's guidance 5 (toyworld/README.md); 3 keeps its colours.
-    "tiny": VideoDefaults(frames=9, height=128, width=128, fps=8, steps=20, guidance=3.0, max_text_tokens=64),
-}
 
 
 class VideoModel(LoraAdapters, WanExperts, SpeedSwitches):
@@ -80,7 +42,7 @@ class VideoModel(LoraAdapters, WanExperts, SpeedSwitches):
         self.family = family  # "wan" | "cogvideox": the only place the backbone is named
         self.defaults = defaults
         self.name = name
-        self.base_model = _name_to_record(name)  # what a saved LoRA's magicid.json names (lora.py)
+        self.base_model = name_to_record(name)  # what a saved LoRA's magicid.json names (lora.py)
         self.transformer = pipe.transformer
         self.vae = pipe.vae
         # Read once: the transformer stays where from_pretrained put it, and diffusers' ModelMixin.device and
@@ -116,15 +78,7 @@ class VideoModel(LoraAdapters, WanExperts, SpeedSwitches):
         A name ending in ":high" or ":low" (Wan2.2-A14B) trains that expert only (experts.py).
         """
         full_name, name_or_path, trained_experts = name_or_path, *split_expert_choice(name_or_path)
-        if name_or_path in tiny.TINY_PRESETS:
-            pipe = tiny.build_tiny_pipeline(name_or_path)
-            family = "cogvideox" if "cogvideox" in name_or_path else "wan"
-            defaults = DEFAULTS["tiny"]
-        else:
-            pipe = _load_diffusers_pipeline(MODEL_PRESETS.get(name_or_path, name_or_path), dtype,
-                                             vae_dtype or torch.float32)
-            family = _family_of(pipe)
-            defaults = DEFAULTS[_wan22_kind(pipe) or family]
+        pipe, family, defaults = load_pipeline(name_or_path, dtype, vae_dtype or torch.float32)
         second_expert = getattr(pipe, "transformer_2", None)
         if low_memory or second_expert is not None:  # low memory: the text encoder stays on the CPU
             for module in (pipe.transformer, pipe.vae, *(() if low_memory else (pipe.text_encoder,))):
@@ -369,48 +323,3 @@ def _check_video_shape(shape, family: str, multiple: int = 16) -> None:
         raise ValueError(f"{family} videos need 4k+1 frames (e.g. 9, 33, 49, 81), got {frames}")
     if height % multiple or width % multiple:
         raise ValueError(f"height and width must be multiples of {multiple} for this model, got {height}x{width}")
-
-
-def _family_of(pipe) -> str:
-    from diffusers import CogVideoXPipeline, WanPipeline
-
-    if isinstance(pipe, WanPipeline):
-        return "wan"
-    if isinstance(pipe, CogVideoXPipeline):
-        return "cogvideox"
-    raise ModelLoadError(f"{type(pipe).__name__} is not supported: use a Wan2.1-T2V or CogVideoX text-to-video model.")
-
-
-def _wan22_kind(pipe) -> str | None:
-    """"wan2.2-5b" (per-token timesteps), "wan2.2-14b" (two experts) or None, read from the pipeline's config."""
-    if getattr(pipe.config, "expand_timesteps", False):
-        return "wan2.2-5b"
-    return "wan2.2-14b" if getattr(pipe, "transformer_2", None) is not None else None
-
-
-def _name_to_record(name: str) -> str:
-    """The base model as a LoRA file records it: a preset or hub id as given, a local folder as an absolute
-    path, so that generate.py finds it again from any working directory; an expert choice (":high" / ":low",
-    experts.py) stays on the end."""
-    base, _ = split_expert_choice(name)
-    path = os.path.expanduser(base)
-    if base in MODEL_PRESETS or base in tiny.TINY_PRESETS or not os.path.isdir(path):
-        return name
-    return os.path.abspath(path) + name[len(base):]
-
-
-def _load_diffusers_pipeline(name_or_path: str, dtype: torch.dtype, vae_dtype: torch.dtype):
-    from diffusers import DiffusionPipeline
-
-    path = os.path.expanduser(name_or_path)
-    is_hub_id = path.count("/") == 1 and not path.startswith((".", "/")) and not os.path.exists(path)
-    if not os.path.isdir(path) and not is_hub_id:
-        raise ModelLoadError(f"model folder {name_or_path!r} does not exist. Pass a diffusers model folder, "
-                             f"a hub id, one of {sorted(MODEL_PRESETS)}, or --model tiny for an offline run.")
-    try:
-        return DiffusionPipeline.from_pretrained(path, dtype={"default": dtype, "vae": vae_dtype},
-                                                 use_safetensors=True, trust_remote_code=False)
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(
-            f"could not load {name_or_path!r}: {error}\nIf this machine is offline, download the model elsewhere and "
-            "pass its folder, or use --model tiny (built locally, no download).") from error
