@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faces import Face, FaceEncoder, box_array, dlib_boxes, dlib_model_dir
+from face_encoders import Face, FaceEncoder, box_array, dlib_boxes, dlib_model_dir
 
 INSIGHTFACE_PACKS = ("antelopev2", "buffalo_l")
 INSIGHTFACE_ROOT = Path("~/.insightface/models").expanduser()
