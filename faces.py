@@ -104,6 +104,31 @@ def read_photo(path: Path) -> np.ndarray:
     return _to_rgb8(img)
 
 
+def different_people_message(refs: References) -> str | None:
+    """None when the reference photos look like one person, else one message naming the pairs that do not,
+    with their cosine, the backend's typical same- and different-person values and its δ_id.
+
+    Rule: two photos are "not one person" when their cosine is below the midpoint of ID_CALIBRATION's
+    same and cross values (dlib 0.875, ArcFace 0.325): closer to what two people score than to what one
+    person scores. Callers warn, not refuse, and that is deliberate: on the dev photos (shared/data/faces,
+    4 generated identities, dlib) one person's photo pairs score 0.903-0.999 while different people's
+    reach 0.915 (mean 0.80), so the two ranges overlap and the check can neither catch every mix-up nor be
+    sure of one; a refusal would stop runs whose photos are fine. Said before the model loads, the warning
+    costs nothing; the identity stage would otherwise learn ē, the average of two faces, silently."""
+    calibration = ID_CALIBRATION[refs.backend]
+    threshold = (calibration.same + calibration.cross) / 2
+    cos = refs.embeddings @ refs.embeddings.T                                  # [N, N]
+    first, second = np.nonzero(np.triu(cos < threshold, k=1))                 # pairs i < j below it
+    if len(first) == 0:
+        return None
+    pairs = ", ".join(f"{Path(refs.paths[i]).name} ~ {Path(refs.paths[j]).name} {cos[i, j]:.3f}"
+                      for i, j in zip(first, second))
+    return (f"the reference photos may show different people: {pairs} (cosine, {refs.backend}; one person's "
+            f"photos typically {calibration.same:.3f}, different people {calibration.cross:.3f}, below "
+            f"{threshold:.3f} counts as two; pair selection trusts r_id gaps of δ_id = {calibration.delta_id:.3f}). "
+            f"The identity stage would learn the average of their faces: pass photos of one person only.")
+
+
 def mean_unit_embedding(embeddings: np.ndarray) -> np.ndarray:
     """ē = normalize(mean_i e_i / ‖e_i‖): embeddings [N, D] -> [D] float32."""
     unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
