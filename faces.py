@@ -38,8 +38,9 @@ MIN_PHOTO_SIDE = 64     # px; below this no detector finds a face worth an ident
 
 def make_face_encoder(backend: str = "auto", model_root: str | Path | None = None) -> FaceEncoder:
     """The ID encoder. backend: "auto" (insightface when a pack is on disk or model_root is a
-    .onnx, else dlib), "dlib" or "insightface". model_root (insightface): a pack folder, a folder of packs (default
-    ~/.insightface/models), or one recognition .onnx. Prints which backend runs."""
+    .onnx, else dlib), "dlib" or "insightface" (a missing pack is downloaded: arcface.download_pack). model_root
+    (insightface): a pack folder, a folder of packs (default ~/.insightface/models), or one recognition .onnx.
+    Prints which backend runs."""
     if backend not in ("auto", "dlib", "insightface"):
         raise ValueError(f"unknown ID backend {backend!r}: use 'auto', 'dlib' or 'insightface'")
     root = Path(model_root).expanduser() if model_root is not None else arcface.INSIGHTFACE_ROOT
@@ -50,9 +51,7 @@ def make_face_encoder(backend: str = "auto", model_root: str | Path | None = Non
     elif root.suffix == ".onnx":
         encoder = arcface.InsightFaceEncoder.from_recognizer_onnx(root)
     else:
-        pack = arcface.find_pack(root)
-        if pack is None:
-            raise FileNotFoundError(arcface.missing_pack_message(root))
+        pack = arcface.find_pack(root) or arcface.download_pack(root)  # asked for by name: fetch it
         encoder = arcface.InsightFaceEncoder.from_pack(pack)
     print(f"ID encoder: {encoder.describe()}", file=sys.stderr)
     return encoder
