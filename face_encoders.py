@@ -123,7 +123,8 @@ class DlibFaceEncoder(FaceEncoder):
     name = "dlib"
     dim = 128
 
-    def __init__(self, detect_long_side: int = 640, upsample: int = 1, video_search: bool = True):
+    def __init__(self, detect_long_side: int = 640, upsample: int = 1, video_search: bool = True,
+                 mirror_average: bool = True):
         import dlib
 
         models = dlib_model_dir()
@@ -133,10 +134,12 @@ class DlibFaceEncoder(FaceEncoder):
         self.detect_long_side = detect_long_side
         self.upsample = upsample
         self.mtcnn = MtcnnDetector() if video_search else None
+        self.mirror_average = mirror_average
 
     def describe(self) -> str:
         search = "; video frames: + MTCNN + neighbour-frame search" if self.mtcnn else "; HOG frame by frame"
-        return f"dlib (HOG detector + face_recognition_models ResNet descriptor, 128-d{search})"
+        mirror = ", averaged with the mirrored face's" if self.mirror_average else ""
+        return f"dlib (HOG detector + face_recognition_models ResNet descriptor{mirror}, 128-d{search})"
 
     def find_faces(self, image: np.ndarray, thorough: bool = False, confident: bool = False) -> list[Face]:
         image = np.ascontiguousarray(image)
@@ -160,8 +163,12 @@ class DlibFaceEncoder(FaceEncoder):
             return []
         shapes = [self.landmarks(image, box) for box in boxes]
         chips = [dlib.get_face_chip(image, shape, size=150, padding=0.25) for shape in shapes]
-        emb = np.asarray(self.net.compute_face_descriptor(chips), np.float32)  # [n, 128]
-        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        emb = unit_rows(np.asarray(self.net.compute_face_descriptor(chips), np.float32))  # [n, 128]
+        if self.mirror_average:  # a face and its mirror image are one person: the mean of the two descriptors
+            # cancels the part that depends on which way the head is turned (the flip test of face recognition
+            # benchmarks); a single photo as the reference is otherwise one pose's view of the face
+            mirrored = [np.ascontiguousarray(chip[:, ::-1]) for chip in chips]
+            emb = unit_rows(emb + unit_rows(np.asarray(self.net.compute_face_descriptor(mirrored), np.float32)))
         return [Face(box_array(box), chip, e) for box, chip, e in zip(boxes, chips, emb)]
 
 
@@ -200,6 +207,11 @@ def dlib_model_dir() -> Path:
         raise ImportError("the dlib ID backend needs the pip package face_recognition_models "
                           "(pip install face_recognition_models dlib-bin)")
     return Path(spec.submodule_search_locations[0]) / "models"
+
+
+def unit_rows(emb: np.ndarray) -> np.ndarray:
+    """emb [n, D] -> each row divided by its length."""
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
 
 
 def box_array(rect) -> np.ndarray:
