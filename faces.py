@@ -108,10 +108,10 @@ def different_people_message(refs: References) -> str | None:
     with their cosine, the backend's typical same- and different-person values and its δ_id.
 
     Rule: two photos are "not one person" when their cosine is below the midpoint of ID_CALIBRATION's
-    same and cross values (dlib 0.875, ArcFace 0.325): closer to what two people score than to what one
+    same and cross values (dlib 0.880, ArcFace 0.325): closer to what two people score than to what one
     person scores. Callers warn, not refuse, and that is deliberate: on the dev photos (shared/data/faces,
-    4 generated identities, dlib) one person's photo pairs score 0.903-0.999 while different people's
-    reach 0.915 (mean 0.80), so the two ranges overlap and the check can neither catch every mix-up nor be
+    4 generated identities, dlib) one person's photo pairs score 0.905-0.999 while different people's
+    reach 0.914 (mean 0.81; 16 of 84 pairs above 0.880), so the two ranges overlap and the check can neither catch every mix-up nor be
     sure of one; a refusal would stop runs whose photos are fine. Said before the model loads, the warning
     costs nothing; the identity stage would otherwise learn ē, the average of two faces, silently."""
     calibration = ID_CALIBRATION[refs.backend]

@@ -20,7 +20,8 @@ every score); the reference photos and ē come from faces.load_references. The p
 (judges.py: a CLIP or a VLM from a local folder) names itself in every score.
 
 Exports: identity_reward (identity_from_frames), dynamic_reward, prompt_reward, PromptScore, PromptJudge
-(the judge interface), score_videos; the pure math: sample_frame_indices, cosine_to_reference, top_fraction_mean, is_dynamic_vbench.
+(the judge interface), score_videos; the pure math: sample_frame_indices, cosine_to_reference,
+top_fraction_mean, is_dynamic_vbench.
 """
 
 from __future__ import annotations

@@ -14,12 +14,34 @@ face-hit rate per video, r_id for the same person and for the 3 others, the AUC 
 dlib calibration: same and cross are the mean r_id, δ_id = DELTA_FRACTION · (same − cross), the
 fraction of the gap that METHOD's δ_id = 0.10 is on the ArcFace scale (0.10 / (0.60 − 0.05)).
 
-    python bench/bench_id_videos.py            # before and after, ~2 min on a quiet CPU
-    python bench/bench_id_videos.py --after    # the current reward and its calibration only
+The single-frame protocol (issue 29, item 5: the held-out check of 7 unseen people gave AUC 0.936): a
+reference is ONE frame of a video A (every 6th, 640x360, read by load_references like a photo; frames
+where it finds no face are refused and counted), scored against every other video B on B's every 6th
+frame; the AUC pools all (reference, video) pairs. Beside it, each factor alone: the presence rule off,
+the AUC within one reference (the ranking pair selection sees), how often same − cross exceeds δ_id,
+the reference's face size, B sampled as train.py does (16 frames), A's frames averaged into one reference.
+
+    python bench/bench_id_videos.py            # single-frame, then before and after (~10 min on a quiet CPU)
+    python bench/bench_id_videos.py --after    # single-frame, the current reward and its calibration
+    python bench/bench_id_videos.py --protocol single-frame [--no-mirror]
+
+Measured 2026-12-05, single-frame (CPU, 2 loaded cores; 157 of 198 frames accepted by the loader, the
+41 refused are turned or lowered heads, e.g. all 11 of the dark id03_v3):
+    --no-mirror  same 0.918 ± 0.019  cross 0.811 ± 0.046  AUC 0.986 (presence rule off 0.986, within one
+                 reference 0.986; same − cross > δ_id = 0.020 in 0.950 of pairs; reference face < 60 px
+                 0.992, 60-100 px 0.982, ≥ 100 px 0.987)
+    mirror       same 0.923 ± 0.019  cross 0.817 ± 0.045  AUC 0.988 (presence rule off 0.988, within one
+                 reference 0.988; > δ_id in 0.954 of pairs; < 60 px 0.994, 60-100 px 0.982, ≥ 100 px 0.989)
+On the dev people the single-frame protocol is no harsher than the photo protocol (0.986 vs 0.987), and no
+factor alone moves it by more than 0.005: what separates the held-out 0.936 is the people (dlib's descriptor
+tells these 4 apart better than those 7), not the protocol. 16-frame and whole-video factors: not yet
+measured (the run was cut by the machine's load).
 
 Measured 2026-11-24 (CPU, 1 thread for numpy, 18 videos):
     before  face-hit 0.729 (0.00..1.00)  same 0.684 ± 0.319  cross 0.595 ± 0.282  AUC 0.671  CPU 2.04 s/video (max 2.44)
     after   face-hit 0.997 (0.94..1.00)  same 0.930 ± 0.021  cross 0.821 ± 0.049  AUC 0.987  CPU 2.65 s/video (max 3.29)
+Measured 2026-12-05 (--after, 2 loaded cores), the descriptor averaged with the mirrored face's:
+    after   face-hit 0.997 (0.94..1.00)  same 0.935 ± 0.020  cross 0.825 ± 0.047  AUC 0.993  CPU 3.94 s/video (loaded)
 """
 
 import argparse
