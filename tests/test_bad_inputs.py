@@ -182,17 +182,17 @@ def test_a_photo_over_pils_size_limit_says_resize_it(tmp_path):
     assert not out.exists()
 
 
-def test_several_faces_of_different_sizes_warn_and_the_largest_is_used(tmp_path):
+def test_several_faces_of_different_sizes_warn_and_the_largest_is_used(tmp_path, faces_data):
     from skimage import data
 
     encoder = DlibFaceEncoder()
-    second = read_photo("/work/shared/data/faces/id02_v1_f0.png")[40:210, 365:535]   # another person's face
+    second = read_photo(faces_data / "id02_v1_f0.png")[40:210, 365:535]   # another person's face
     canvas = np.full((700, 700, 3), 200, np.uint8)
     canvas[:512, :512] = data.astronaut()                                               # face ~95 px
     canvas[620:680, 620:680] = np.asarray(Image.fromarray(second).resize((60, 60)))     # face ~45 px
     Image.fromarray(canvas).save(tmp_path / "two.png")
     alone = load_references([photo(tmp_path)], encoder).mean_embedding
-    other = load_references(["/work/shared/data/faces/id02_v1_f0.png"], encoder).mean_embedding
+    other = load_references([faces_data / "id02_v1_f0.png"], encoder).mean_embedding
     with pytest.warns(UserWarning, match="2 or more faces found; using the largest"):
         chosen = load_references([str(tmp_path / "two.png")], encoder).mean_embedding
     assert chosen @ alone > 0.95 and chosen @ alone > chosen @ other + 0.1
