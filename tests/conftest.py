@@ -83,3 +83,70 @@ def tiny_vlm(tmp_path_factory):
     Idefics3ForConditionalGeneration(config).save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+# train.py held at a known point, so a test can act on a run that is provably still working whatever the machine's
+# speed: at the first fsync of the main thread once state.json names a checkpoint of HOLD_STAGE (any stage: "")
+# the run creates <gate>.held and waits on the fifo <gate> until the test writes to it, or a signal ends the run.
+# (fsync is where every run-folder write meets the disk, run.atomic_write; the wait changes nothing else.)
+HOLD = """
+import json, os, runpy, sys, threading
+stage, gate, real_fsync = os.environ["HOLD_STAGE"], os.environ["HOLD_GATE"], os.fsync
+state = os.path.join(sys.argv[sys.argv.index("--out") + 1], "state.json")
+
+def checkpointed():
+    try:
+        latest = json.loads(open(state).read())["latest"]
+    except (OSError, ValueError):
+        return False
+    return stage == "" or stage in latest
+
+def fsync(fd):
+    if threading.current_thread() is threading.main_thread() and checkpointed():
+        os.fsync = real_fsync
+        open(gate + ".held", "w").close()
+        open(gate).read()
+    real_fsync(fd)
+
+os.fsync = fsync
+sys.path.insert(0, os.getcwd())
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+class HeldTrain:
+    """A train.py process started under HOLD: wait_until_held(), then signal it or release() it."""
+
+    def __init__(self, folder: Path, argv: list[str], stage: str, **popen):
+        import subprocess
+        import sys
+
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "hold.py").write_text(HOLD)
+        self.gate = folder / "gate"
+        os.mkfifo(self.gate)
+        self.process = subprocess.Popen([sys.executable, str(folder / "hold.py"), *argv],
+                                        env={**os.environ, "HOLD_STAGE": stage, "HOLD_GATE": str(self.gate)}, **popen)
+
+    def wait_until_held(self, timeout: float = 600) -> None:
+        """Return once the run waits at the hold; fail if it ended first. (The run cannot pass the hold, so the
+        poll decides nothing: the timeout only bounds a run that never gets there.)"""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not Path(f"{self.gate}.held").exists():
+            if self.process.poll() is not None:
+                _, err = self.process.communicate()
+                pytest.fail(f"train.py ended (exit {self.process.returncode}) before the hold: {(err or '')[-3000:]}")
+            assert time.monotonic() < deadline, f"train.py did not reach the hold within {timeout} s"
+            time.sleep(0.05)
+
+    def release(self) -> None:
+        with open(self.gate, "w") as gate:
+            gate.write("go\n")
+
+
+@pytest.fixture(scope="session")
+def held_train():
+    """HeldTrain(folder, argv, stage): train.py with argv, held after the first checkpoint of `stage`."""
+    return HeldTrain
