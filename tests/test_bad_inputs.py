@@ -8,6 +8,7 @@ below checks one of those steps; the rest are quick checks of single inputs.
 """
 
 import hashlib
+import json
 import os
 import shlex
 import signal
@@ -90,6 +91,7 @@ def story(tmp_path_factory, held_train):
     first.wait_until_held()
     first.process.send_signal(signal.SIGINT)
     results["interrupted"] = finish(first.process)
+    results["mid_stage"] = json.loads((out / "state.json").read_text())["done"] == []  # identity unfinished
     printed = shlex.split(results["interrupted"][1].split("continue with ")[-1].strip())
     results["printed"] = printed[:2] == ["python", "train.py"]  # else the rest goes on with our own command
     arguments = printed[2:] if results["printed"] else ["--ref", ref, "--out", str(out), "--token", "ohwx", *SMALL,
@@ -118,7 +120,7 @@ def story(tmp_path_factory, held_train):
 
 def test_ctrl_c_says_how_to_continue_and_that_command_finishes_the_run(story):
     code, err = story["interrupted"]
-    assert code == 130 and story["printed"], err[-3000:]
+    assert code == 130 and story["printed"] and story["mid_stage"], err[-3000:]
     line = one_clear_error(err)
     assert line.startswith("interrupted: continue with python train.py") and line.endswith("--resume")
     assert f"--out {story['out']}" in line
