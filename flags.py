@@ -95,8 +95,8 @@ def check_train_args(args) -> None:
         except ValueError as error:
             raise FlagError(f"--cache: {error}") from None
     if args.resume and not holds_run(args.out):
-        raise FlagError(f"--resume needs an --out that holds a run, and {args.out} holds none (no config.json): "
-                        "check --out, or leave out --resume to start a new run")
+        raise FlagError(f"--resume needs an --out that holds a run, and {args.out} holds none (no config.json or "
+                        "state.json): check --out, or leave out --resume to start a new run")
 
 
 def check_generate_args(args) -> None:
@@ -138,8 +138,9 @@ def train_flag_error(argv: list[str]) -> str | None:
 
 
 def holds_run(out: str) -> bool:
-    """Whether the folder holds a train.py run: run.Run writes its config.json when the run begins."""
-    return (Path(out) / "config.json").is_file()
+    """Whether the folder holds a train.py run: run.Run writes config.json when the run begins, state.json at its
+    first checkpoint (a run copied by toyworld/sweep.py has only the latter)."""
+    return any((Path(out) / name).is_file() for name in ("config.json", "state.json"))
 
 
 # ---- helpers ----------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import evaluate  # noqa: E402
+import flags  # noqa: E402
 from toyworld import base_check  # noqa: E402
 import train  # noqa: E402
 
@@ -104,7 +105,8 @@ def train_argv(ref: Path, run_dir: Path, extra: list[str], device: str = "cpu") 
     """train.py's whole flow on the tiny toy-world base, on the toy-world prompts; resumes a finished or cut run.
     On a GPU the tiny model stays float32 and uncompiled, as on the CPU (compiling costs more than it saves)."""
     on_gpu = ["--no-bf16", "--no-compile"] if device != "cpu" else []
-    return ["--ref", str(ref), "--model", "tiny", "--device", device, *on_gpu, "--out", str(run_dir), "--resume",
+    resume = ["--resume"] if flags.holds_run(str(run_dir)) else []  # train.py refuses --resume of no run
+    return ["--ref", str(ref), "--model", "tiny", "--device", device, *on_gpu, "--out", str(run_dir), *resume,
             "--seed", str(SEED), "--id-backend", "dlib",
             "--prompts", str(TRAIN_PROMPTS), "--heldout-prompts", str(HELDOUT_PROMPTS),
             "--num-prompts", "4", "--eval-prompts", "4", "--eval-seeds", str(EVAL_SEEDS),
