@@ -68,7 +68,8 @@ def main(argv=None) -> Path:
     try:
         return train(args)
     except KeyboardInterrupt:  # before the run folder holds a run, --resume would be refused: start it again
-        again = resume_command(argv, args.out) if flags.holds_run(args.out) else shlex.join(["python", "train.py", *argv])
+        start_again = shlex.join(["python", "train.py", *argv])
+        again = resume_command(argv, args.out) if flags.holds_run(args.out) else start_again
         print(f"\ninterrupted: continue with {again}", file=sys.stderr)
         sys.exit(130)
     except Exception as error:

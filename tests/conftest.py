@@ -9,7 +9,8 @@ import pytest
 # but not redistribute, so they live outside the repository, by default in ../shared/data/faces beside it.
 FACES_DATA_VARIABLE = "MAGICID_FACES_DATA"      # where they are, if not there
 REQUIRE_DATA_VARIABLE = "MAGICID_REQUIRE_DATA"  # =1 (.ci/run): a test that needs them fails instead of skipping
-FACES_DATA = Path(os.environ.get(FACES_DATA_VARIABLE) or Path(__file__).resolve().parents[2] / "shared" / "data" / "faces")
+FACES_DATA = Path(os.environ.get(FACES_DATA_VARIABLE)
+                  or Path(__file__).resolve().parents[2] / "shared" / "data" / "faces")
 
 
 @pytest.fixture(scope="session")

@@ -57,8 +57,9 @@ open(os.path.join(results, "codes.json"), "w").write(json.dumps(codes))
 
 # (flag, impossible value, what the line must say is allowed): hand-written, not read from flags.py
 TRAIN = [
-    ("--seed", "-1", "from 0 to 4294967295"), ("--identity-steps", "-5", ">= 0"), ("--dpo-identity-steps", "-1", ">= 0"),
-    ("--dpo-dynamic-steps", "-1", ">= 0"), ("--rounds", "0", ">= 1"), ("--lr", "-1", "> 0"), ("--lr", "0", "> 0"),
+    ("--seed", "-1", "from 0 to 4294967295"), ("--identity-steps", "-5", ">= 0"),
+    ("--dpo-identity-steps", "-1", ">= 0"), ("--dpo-dynamic-steps", "-1", ">= 0"), ("--rounds", "0", ">= 1"),
+    ("--lr", "-1", "> 0"), ("--lr", "0", "> 0"),
     ("--lr", "nan", "> 0"), ("--dpo-lr", "0", "> 0"), ("--warmup", "-1", ">= 0"), ("--rank", "0", ">= 1"),
     ("--batch-size", "0", ">= 1"), ("--checkpoint-every", "0", ">= 1"), ("--checkpoint-blocks", "-1", ">= 0"),
     ("--offload-blocks", "-1", ">= 0"), ("--frames", "0", "4k+1"), ("--frames", "8", "4k+1"),

@@ -125,8 +125,9 @@ def test_a_run_killed_right_after_a_checkpoint_in_each_stage_resumes_to_the_same
     steps = {stage: int(QUICK[QUICK.index(flag) + 1]) for stage, flag in
              zip(TRAINING_STAGES, ("--identity-steps", "--dpo-identity-steps", "--dpo-dynamic-steps"))}
     for k, stage in enumerate(TRAINING_STAGES):
-        held = held_train(tmp_path / f"hold{k}", ["--ref", ref, "--out", str(out), *(["--resume"] if k else []), *QUICK],
-                          stage, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        argv = ["--ref", ref, "--out", str(out), *(["--resume"] if k else []), *QUICK]
+        held = held_train(tmp_path / f"hold{k}", argv, stage, cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
         held.wait_until_held()
         held.process.send_signal(signal.SIGKILL)
         held.process.wait()
