@@ -30,7 +30,7 @@ import torch.nn.functional as F
 # give error gaps of ~0.01-0.1, so β/2 · gap is already 10-100 and 47 of 60 steps of each DPO phase have a
 # loss ≤ 1e-4 (zero gradient after clipping's rounding); at β = 100 no step saturates, the margin rises over
 # the whole phase (0.06 → 4.5) and the implicit accuracy climbs from 0.7 — the gradual regime the loss is
-# meant to work in. So the tiny preset uses 100 (train.PRESETS); the published backbones keep 2500.
+# meant to work in. So the tiny preset uses 100 (cli.PRESETS); the published backbones keep 2500.
 BETA = 2500.0
 
 

@@ -47,6 +47,7 @@ Measured 2026-12-05 (--after, 2 loaded cores), the descriptor averaged with the 
 import argparse
 import hashlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -60,7 +61,8 @@ import faces as F  # noqa: E402
 import media  # noqa: E402
 import rewards as R  # noqa: E402
 
-FACES = ROOT.parent / "shared" / "data" / "faces"
+# Test data this project may use but not redistribute, outside the repository (tests/conftest.py reads the same).
+FACES = Path(os.environ.get("MAGICID_FACES_DATA") or ROOT.parent / "shared" / "data" / "faces")
 DELTA_FRACTION = 0.10 / (0.60 - 0.05)  # δ_id as a fraction of the same-vs-cross gap (ArcFace's numbers)
 
 
@@ -74,6 +76,9 @@ def main():
     p.add_argument("--no-mirror", action="store_true", help="dlib descriptor of the face alone, not averaged with "
                                                              "its mirror image's (the reward before issue 29)")
     args = p.parse_args()
+    if not (FACES / "videos" / "manifest.json").is_file():
+        sys.exit(f"bench_id_videos.py: needs the test faces' videos in {FACES / 'videos'} (not in the repository); "
+                 "set MAGICID_FACES_DATA to the folder that holds them")
 
     videos = dev_videos()
     if args.protocol != "photos":

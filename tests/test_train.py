@@ -116,32 +116,21 @@ def test_every_stage_is_timed_once_in_order_with_its_units(whole_run):
         assert len(steps) == row["units"] and all(s >= 0 for s in steps) and sum(steps) <= row["seconds"]
 
 
-def wait_for_first_checkpoint(out: Path, stage: str, process, timeout=600) -> None:
-    """Return as soon as state.json names a checkpoint of `stage` (it is written after the checkpoint)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if stage in json.loads((out / "state.json").read_text())["latest"]:
-                return
-        except (OSError, ValueError, KeyError):  # not written yet
-            pass
-        assert process.poll() is None, f"the run ended before checkpointing {stage}: {process.stderr.read()[-3000:]}"
-        time.sleep(0.002)
-    raise TimeoutError(f"no checkpoint of {stage} within {timeout} s")
-
-
-def test_a_run_killed_right_after_a_checkpoint_in_each_stage_resumes_to_the_same_lora(whole_run, tmp_path):
-    # Killed (SIGKILL: no clean-up) the moment the first checkpoint of each training stage is on disk, so
+def test_a_run_killed_right_after_a_checkpoint_in_each_stage_resumes_to_the_same_lora(whole_run, tmp_path, held_train):
+    # Killed (SIGKILL: no clean-up) right after the first checkpoint of each training stage is on disk, so
     # each resume restores a mid-stage checkpoint: LoRA and AdamW moments after exactly k steps. A
     # checkpoint taken before optimizer.step, or moments not restored, would make the LoRA differ.
+    # The run is held there (conftest.HOLD) until the kill: no machine is too fast for it.
     ref, out = astronaut(tmp_path), tmp_path / "killed"
     steps = {stage: int(QUICK[QUICK.index(flag) + 1]) for stage, flag in
              zip(TRAINING_STAGES, ("--identity-steps", "--dpo-identity-steps", "--dpo-dynamic-steps"))}
     for k, stage in enumerate(TRAINING_STAGES):
-        process = train(["--ref", ref, "--out", str(out), *(["--resume"] if k else []), *QUICK])
-        wait_for_first_checkpoint(out, stage, process)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        argv = ["--ref", ref, "--out", str(out), *(["--resume"] if k else []), *QUICK]
+        held = held_train(tmp_path / f"hold{k}", argv, stage, cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+        held.wait_until_held()
+        held.process.send_signal(signal.SIGKILL)
+        held.process.wait()
         state = json.loads((out / "state.json").read_text())
         last = int(state["latest"][stage].rsplit("step-", 1)[1])
         assert stage not in state["done"] and last < steps[stage], f"killed too late: {stage} was past its last checkpoint"

@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import evaluate  # noqa: E402
+import flags  # noqa: E402
 from toyworld import base_check, protocol as population  # noqa: E402
 import train  # noqa: E402
 
@@ -112,15 +113,15 @@ def main(argv=None) -> dict:
     base = None if args.no_base_check else check_base(out, setup["model"])
     runs = {"main": []}
     if args.ablations:
-        runs.update({name: flags for name, flags in population.ABLATIONS.items()})
+        runs.update({name: extra for name, extra in population.ABLATIONS.items()})
         if args.judge:
             runs["with judge"] = ["--judge", args.judge]
     summaries, rows = {}, {}
-    for run, flags in runs.items():
+    for run, run_flags in runs.items():
         rows = {"9": [], "long": [], "people": []}
         for name, ref in references.items():
             run_dir = out / (name.replace("/", "_") + ("" if run == "main" else "__" + run.replace(" ", "_")))
-            train.main(train_argv(ref, run_dir, [*args.train_arg, *flags], args.device, setup))
+            train.main(train_argv(ref, run_dir, [*args.train_arg, *run_flags], args.device, setup))
             for key, run_rows in evaluate_run(ref, run_dir, args.device, curve=not args.no_curve and run == "main",
                                               setup=setup).items():
                 rows[key] += [{**r, "identity": name} for r in run_rows]
@@ -166,8 +167,9 @@ def train_argv(ref: Path, run_dir: Path, extra: list[str], device: str = "cpu", 
     """train.py's whole flow on a tiny toy-world base, on the setup's prompts; resumes a finished or cut run.
     On a GPU the tiny model stays float32 and uncompiled, as on the CPU (compiling costs more than it saves)."""
     on_gpu = ["--no-bf16", "--no-compile"] if device != "cpu" else []
+    resume = ["--resume"] if flags.holds_run(str(run_dir)) else []  # train.py refuses --resume of no run
     return ["--ref", str(ref), "--model", setup["model"], "--device", device, *on_gpu, "--out", str(run_dir),
-            "--resume", "--seed", str(setup["seed"]), "--id-backend", "dlib",
+            *resume, "--seed", str(setup["seed"]), "--id-backend", "dlib",
             "--prompts", setup["train_prompts"], "--heldout-prompts", setup["heldout_prompts"],
             "--num-prompts", "4", "--eval-prompts", "4", "--eval-seeds", str(setup["eval_seeds"]),
             "--identity-steps", str(IDENTITY_STEPS), *setup["train_args"], *extra]
