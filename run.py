@@ -225,10 +225,10 @@ class StepLog:
     one step's wall time, the first holding the compiling. (On a GPU the host sees numbers only when it looks, so
     a stage's last record, flushed right after the one before, gets what is left of the stage: often ~0.)"""
 
-    def __init__(self, run: Run, stage: str):
-        self.run, self.stage = run, stage
+    def __init__(self, run: Run, stage: str, clock=time.perf_counter):
+        self.run, self.stage, self.clock = run, stage, clock  # clock() -> seconds (a test gives its own)
         self.pending = None  # (step, metric names, their copy on its way to the host, its arrival, extra fields)
-        self.last_arrival = time.perf_counter()
+        self.last_arrival = clock()
 
     def add(self, step: int, names: list[str], values: torch.Tensor, **extra) -> None:
         """values: [len(names)] on the device of the step; extra: host numbers (the learning rate)."""
@@ -237,7 +237,7 @@ class StepLog:
             arrival = torch.cuda.Event()  # the moment is known when flush waits for it
             arrival.record()
         else:
-            arrival = time.perf_counter()  # computed on the host: the numbers are here now
+            arrival = self.clock()  # computed on the host: the numbers are here now
         self.flush()
         self.pending = (step, names, copy, arrival, extra)
 
@@ -247,7 +247,7 @@ class StepLog:
         step, names, copy, arrival, extra = self.pending
         if isinstance(arrival, torch.cuda.Event):
             arrival.synchronize()  # step `step`'s work, not the step queued after it
-            arrival = time.perf_counter()
+            arrival = self.clock()
         self.run.log(self.stage, step, {**dict(zip(names, copy.tolist())), **extra,
                                         "seconds": arrival - self.last_arrival})
         self.pending, self.last_arrival = None, arrival

@@ -155,22 +155,26 @@ def test_fast_mode_on_a_model_without_fast_sampling_is_refused_before_any_work(t
     assert not (tmp_path / "run" / "repository").exists()
 
 
-def test_each_logged_step_holds_its_own_numbers_though_they_are_read_a_step_late(tmp_path):
+def test_each_logged_step_holds_its_own_numbers_though_they_are_read_a_step_late(tmp_path, monkeypatch):
     # optimize() turns a step's metrics into numbers only after queuing the next step: an off-by-one there
-    # would log step k with step k ± 1's loss or gradient norm. Here both are known per step in advance:
-    # loss = step · ‖θ‖², so ∇ = 2 · step · θ and the (pre-clipping) gradient norm is 2 · step · ‖θ‖.
+    # would log step k with step k ± 1's loss, gradient norm or seconds. Here all three are known per step in
+    # advance: loss = step · ‖θ‖², so ∇ = 2 · step · θ and the (pre-clipping) gradient norm is 2 · step · ‖θ‖;
+    # and time is a clock the steps advance by hand (each item of step k takes 0.25 · (k + 1) s), so a record's
+    # seconds are its own step's 2 × 0.25 · (k + 1) exactly, whatever the machine's load.
+    from functools import partial
+
     import train
     from model import VideoModel
-    from run import Run
+    from run import Run, StepLog
 
     model = VideoModel.from_pretrained("tiny")
     model.add_lora(4)
     params = model.lora_parameters("default")
-    norms = {}
+    norms, now = {}, [0.0]
+    monkeypatch.setattr(train, "StepLog", partial(StepLog, clock=lambda: now[0]))
 
     def item_loss(step, item):
-        if step == 4:  # a slow step: its own record must hold the time, not a neighbour's
-            time.sleep(0.2)
+        now[0] += 0.25 * (step + 1)  # this item's duration on the injected clock
         norms[step] = torch.sqrt(sum(p.detach().double().pow(2).sum() for p in params)).item()
         loss = step * sum(p.pow(2).sum() for p in params)
         return loss, {"computed_at": torch.tensor(float(step)), "item": torch.tensor(float(item))}
@@ -184,7 +188,7 @@ def test_each_logged_step_holds_its_own_numbers_though_they_are_read_a_step_late
         assert r["computed_at"] == r["step"]
         assert r["item"] == pytest.approx(0.5)  # the mean over the batch's items 0 and 1
         assert r["grad_norm"] == pytest.approx(2 * r["step"] * norms[r["step"]], rel=1e-5), r
-        assert (r["seconds"] >= 0.4) == (r["step"] == 4), r  # 2 items x 0.2 s
+        assert r["seconds"] == pytest.approx(2 * 0.25 * (r["step"] + 1), abs=1e-12), r
 
 
 def test_repository_batches_are_scored_on_a_worker_while_the_next_one_samples(tmp_path):
