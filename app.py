@@ -196,8 +196,10 @@ def scatter(folder: Path):
 def log_tail(folder: Path, lines: int = 25) -> str:
     """train.log's last lines, each at its latest progress update (tqdm rewrites a line with \\r)."""
     text = runs._tail(folder / runs.LOG_FILE)
-    return "\n".join(line.split("\r")[-1] if line.split("\r")[-1].strip() else line.strip("\r").split("\r")[-1]
-                     for line in text.splitlines()[-lines:])
+    shown = []
+    for line in text.split("\n")[-lines:]:  # not splitlines(): it splits at \r too
+        shown += [update for update in line.split("\r") if update.strip()][-1:]
+    return "\n".join(shown)
 
 
 def results(runs_dir: Path, name: str):
@@ -315,15 +317,21 @@ def build_page(runs_dir: Path) -> gr.Blocks:
                 return str(error)
             return f"resumed {name}"
 
-        def refresh(name):
+        def refresh(name, seen):
+            """Every output of the chosen run; the plots and results only when its files changed (seen: the
+            last (run, log.jsonl, repository, report) signature this browser got), so a tick costs little."""
             if not name:
                 return ("No run yet: add photos and press Start.", None, None, "", "", "", [],
-                        gr.update(visible=False), gr.update(visible=False))
+                        gr.update(visible=False), gr.update(visible=False), None)
             folder = runs.existing_run(runs_dir, name)
+            changed = [name] + [_signature(folder / f) for f in ("log.jsonl", "repository/index.json", "report.html")]
+            if changed == seen:
+                return (status_text(runs.run_status(folder)), gr.skip(), gr.skip(), log_tail(folder),
+                        *[gr.skip()] * 5, seen)
             link, eval_table, contact_sheets, lora, comfy = results(runs_dir, name)
             return (status_text(runs.run_status(folder)), curves(folder), scatter(folder), log_tail(folder), link,
                     eval_table, contact_sheets, gr.update(value=lora, visible=lora is not None),
-                    gr.update(value=comfy, visible=comfy is not None))
+                    gr.update(value=comfy, visible=comfy is not None), changed)
 
         def on_generate(name, text, steps):
             return generate_videos(runs_dir, name, text, steps)
@@ -335,11 +343,20 @@ def build_page(runs_dir: Path) -> gr.Blocks:
         stop.click(on_stop, chosen, message)
         resume.click(on_resume, chosen, message)
         generate.click(on_generate, [chosen, gen_prompts, gen_steps], videos)
-        shown = [status, curve_plot, scatter_plot, log, report_link, table, sheets, lora_file, comfy_file]
-        chosen.change(refresh, chosen, shown)
-        gr.Timer(2.0).tick(refresh, chosen, shown)
+        seen = gr.State(None)
+        shown = [status, curve_plot, scatter_plot, log, report_link, table, sheets, lora_file, comfy_file, seen]
+        chosen.change(refresh, [chosen, gr.State(None)], shown)
+        gr.Timer(2.0).tick(refresh, [chosen, seen], shown)
         page.load(lambda: gr.update(choices=names()), None, chosen)
     return page
+
+
+def _signature(path: Path) -> tuple | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def main(argv=None):

@@ -150,6 +150,9 @@ def train_argv(folder: Path, argv: list[str]) -> list[str]:
 def _launch(folder: Path, argv: list[str]) -> None:
     """train.py in the run folder (so --ref photos/.. and --out . stay inside it), in a session of its own,
     its output appended to train.log."""
+    previous = _processes.get(str(folder))
+    if previous is not None:
+        previous.poll()  # reap the start before this one, or it stays a zombie while the page lives
     with open(folder / LOG_FILE, "ab") as log:
         log.write(f"\n$ train.py {' '.join(argv)}\n".encode())
         log.flush()
