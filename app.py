@@ -272,7 +272,9 @@ def build_page(runs_dir: Path) -> gr.Blocks:
                 log = gr.Textbox(label="log", lines=8, max_lines=8, elem_id="run-log")
                 gr.Markdown("## 4. Results")
                 report_link = gr.Markdown(elem_id="report-link")
-                table = gr.Markdown()
+                with gr.Accordion("eval table (eval/table.md)", open=False):
+                    with gr.Accordion("eval table (eval/table.md)", open=False):
+                    table = gr.Markdown()
                 sheets = gr.Gallery(label="held-out videos (contact sheets)", columns=1, height=260)
                 with gr.Row():
                     lora_file = gr.DownloadButton("LoRA (diffusers)", visible=False, elem_id="download-lora")
