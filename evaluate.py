@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+import flags
 import media
 from faces import read_photo
 from rewards import dynamic_reward, identity_reward, prompt_reward
@@ -66,7 +67,7 @@ CLIP_METRICS = ("temporal_consistency", "clip_t", "clip_i")
 NO_CLIP = "not available (no local CLIP checkpoint: pass --clip DIR or --judge clip:DIR)"
 NO_JUDGE = "off (no prompt judge: pass --judge clip:DIR or vlm:DIR)"
 FVD = "not computed (no offline I3D weights)"
-SEED_STRIDE = 100  # video seed = seed + SEED_STRIDE·prompt + s: more --seeds keeps the first ones' videos
+SEED_STRIDE = flags.SEED_STRIDE  # video seed = seed + SEED_STRIDE·prompt + s: more --seeds keeps the first ones' videos
 # The definition of a cached row's scores: bump it when one changes, so rows scored the old way are redone
 # (2: r_id over the frames with a face, shrunk below 50 % presence; rows keep id_found).
 SCORING_VERSION = 2
@@ -286,15 +287,11 @@ def write_outputs(results: dict, out: Path, backend: str) -> None:
         plt.close(figure)
 
 
-def main(argv=None) -> Path:
-    from cli import HelpFormatter, add_model_args, load_model_from_args
-    from model import ModelLoadError
-    from faces import ReferencePhotoError, load_references, make_face_encoder
-    from prompt_files import person_phrase, read_prompts
-    import parallel
-    from judges import ClipScorer, load_clip, load_judge
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, every value checked before anything loads (flags.check_evaluate_args): one line, exit 2."""
+    from cli import ArgumentParser, HelpFormatter, add_model_args
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(prog="evaluate.py", description=__doc__, formatter_class=HelpFormatter)
     add_model_args(parser)
     parser.add_argument("--ref", action="append", required=True,
                         help="photo of the person, or a folder of photos; repeatable (one person per call)")
@@ -322,14 +319,23 @@ def main(argv=None) -> Path:
                              "local image-text-to-text VLM asked whether the frames show the prompt: P(yes)); "
                              "default: off")
     parser.add_argument("--out", default=None, help="output folder (default: eval_table next to --lora-magicid)")
-    args = parser.parse_args(argv)
+    return flags.parse_or_exit("evaluate.py", parser.parse_args, flags.check_evaluate_args, argv)
+
+
+def main(argv=None) -> Path:
+    from cli import load_model_from_args
+    from model import ModelLoadError
+    from faces import ReferencePhotoError, load_references, make_face_encoder
+    from prompt_files import person_phrase, read_prompts
+    import parallel
+    from judges import ClipScorer, load_clip, load_judge
+
+    args = parse_args(argv)
 
     try:
         loras = {"baseline": _lora_file("--lora-baseline", args.lora_baseline),
                  "magicid": _lora_file("--lora-magicid", args.lora_magicid)}
         prompts = read_prompts(args.prompts, person_phrase(args.token))
-        if not 1 <= args.seeds <= SEED_STRIDE:
-            raise ValueError(f"--seeds must be 1..{SEED_STRIDE}, got {args.seeds}")
         encoder = make_face_encoder(args.id_backend, args.id_model_root)
         refs = load_references(args.ref, encoder)
         device = args.device or str(parallel.device())

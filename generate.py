@@ -23,15 +23,17 @@ import sys
 
 from tqdm import tqdm
 
+import flags
 import media
 from lora import find_lora
-from cli import HelpFormatter, add_model_args, load_model_from_args
+from cli import ArgumentParser, HelpFormatter, add_model_args, load_model_from_args
 from model import ModelLoadError
 from prompt_files import person_phrase, read_prompts
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    """The flags, every value checked before anything loads (flags.check_generate_args): one line, exit 2."""
+    parser = ArgumentParser(prog="generate.py", description=__doc__, formatter_class=HelpFormatter)
     add_model_args(parser)
     # --model's default applies without a LoRA; with one, the base model it records (magicid.json)
     parser.set_defaults(model=None, model_without_lora=parser.get_default("model"))
@@ -51,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the first video; video i uses seed + i")
     parser.add_argument("--videos-per-prompt", type=int, default=1, help="videos per prompt (seeds differ)")
     parser.add_argument("--out", default="outputs", help="folder for the mp4s and contact sheets")
-    return parser.parse_args(argv)
+    return flags.parse_or_exit("generate.py", parser.parse_args, flags.check_generate_args, argv)
 
 
 def main(argv=None) -> list[str]:

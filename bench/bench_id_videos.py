@@ -25,6 +25,7 @@ Measured 2026-11-24 (CPU, 1 thread for numpy, 18 videos):
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,8 @@ import faces as F  # noqa: E402
 import media  # noqa: E402
 import rewards as R  # noqa: E402
 
-FACES = ROOT.parent / "shared" / "data" / "faces"
+# Test data this project may use but not redistribute, outside the repository (tests/conftest.py reads the same).
+FACES = Path(os.environ.get("MAGICID_FACES_DATA") or ROOT.parent / "shared" / "data" / "faces")
 DELTA_FRACTION = 0.10 / (0.60 - 0.05)  # δ_id as a fraction of the same-vs-cross gap (ArcFace's numbers)
 
 
@@ -46,6 +48,9 @@ def main():
     p.add_argument("--after", action="store_true", help="only the current method (skip the before run)")
     p.add_argument("--frames", type=int, default=16, help="sampled frames per video, as train.py")
     args = p.parse_args()
+    if not (FACES / "videos" / "manifest.json").is_file():
+        sys.exit(f"bench_id_videos.py: needs the test faces' videos in {FACES / 'videos'} (not in the repository); "
+                 "set MAGICID_FACES_DATA to the folder that holds them")
 
     videos = dev_videos()
     methods = {"after": DevScorer(F.make_face_encoder("dlib"), False, args.frames)}

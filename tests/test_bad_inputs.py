@@ -13,7 +13,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -80,17 +79,17 @@ def one_clear_error(err: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def story(tmp_path_factory):
+def story(tmp_path_factory, held_train):
     tmp = tmp_path_factory.mktemp("story")
     out, ref = tmp / "run", photo(tmp)
     results = {"out": out}
-    # 1. Ctrl-C once the first checkpoint is on disk.
-    first = start([sys.executable, "train.py", "--ref", ref, "--out", str(out), "--token", "ohwx", *SMALL])
-    deadline = time.monotonic() + 300
-    while not (out / "state.json").exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    first.send_signal(signal.SIGINT)
-    results["interrupted"] = finish(first)
+    # 1. Ctrl-C mid-identity-stage: the run is held (conftest.HOLD) once its first checkpoint is on disk, so the
+    #    signal finds it working however fast the machine is (a quick one used to finish before the signal).
+    first = held_train(tmp / "first", ["--ref", ref, "--out", str(out), "--token", "ohwx", *SMALL], "identity",
+                       cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first.wait_until_held()
+    first.process.send_signal(signal.SIGINT)
+    results["interrupted"] = finish(first.process)
     printed = shlex.split(results["interrupted"][1].split("continue with ")[-1].strip())
     results["printed"] = printed[:2] == ["python", "train.py"]  # else the rest goes on with our own command
     arguments = printed[2:] if results["printed"] else ["--ref", ref, "--out", str(out), "--token", "ohwx", *SMALL,
@@ -101,20 +100,19 @@ def story(tmp_path_factory):
     other = [arg if arg != ref else photo(tmp, "other.png", mirrored=True) for arg in resume] + ["--lr", "0.001"]
     results["mismatch"] = finish(start(other))
     results["unchanged"] = contents(out) == before
-    # 3. The disk fills up after the next checkpoint.
+    # 3. The disk fills up after the next checkpoint (the identity stage has checkpoints left to write).
     (tmp / "full_disk.py").write_text(FULL_DISK)
     results["disk_full"] = finish(start([sys.executable, str(tmp / "full_disk.py"), *resume[2:]]))
     results["leftovers"] = [str(p) for p in out.rglob(".*.tmp*")]
-    # 4. The printed --resume, and a second train.py on the same folder while it runs.
-    resumed = start(resume)
-    deadline = time.monotonic() + 120
-    while not (out / ".lock").is_file() or (out / ".lock").read_text().strip() != str(resumed.pid):
-        if resumed.poll() is not None or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    # 4. The printed --resume, held at its first write to the folder (it holds the lock by then) while a second
+    #    train.py starts on the same folder; then let go to finish.
+    resumed = held_train(tmp / "resumed", resume[2:], "", cwd=REPO, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    resumed.wait_until_held()
     results["busy"] = finish(start(resume))
-    results["resumed_pid"] = resumed.pid
-    results["resumed"] = finish(resumed)
+    resumed.release()
+    results["resumed_pid"] = resumed.process.pid
+    results["resumed"] = finish(resumed.process)
     return results
 
 
@@ -159,12 +157,13 @@ def test_a_second_train_py_on_a_busy_run_folder_is_refused(story):
 
 def test_failed_starts_leave_no_run_folder(tmp_path):
     ref = photo(tmp_path)
-    cases = [(["--prompts", str(tmp_path / "missing.txt")], "missing.txt"),  # checked before the model loads
-             (["--frames", "8"], "4k+1")]                                   # found once the model has loaded
-    for i, (extra, named) in enumerate(cases):
+    cases = [(["--frames", "8"], 2, "4k+1"),                                     # a flag (tests/test_flags.py)
+             (["--prompts", str(tmp_path / "missing.txt")], 1, "missing.txt"),  # checked before the model loads
+             (["--grad-checkpointing", "--offload-blocks", "99"], 1, "blocks")]  # found once the model has loaded
+    for i, (extra, expected, named) in enumerate(cases):
         out = tmp_path / f"run{i}"
         code, err = finish(start([sys.executable, "train.py", "--ref", ref, "--out", str(out), *SMALL, *extra]))
-        assert code == 1 and named in one_clear_error(err)
+        assert code == expected and named in one_clear_error(err)
         assert not out.exists()
 
 
@@ -182,17 +181,17 @@ def test_a_photo_over_pils_size_limit_says_resize_it(tmp_path):
     assert not out.exists()
 
 
-def test_several_faces_of_different_sizes_warn_and_the_largest_is_used(tmp_path):
+def test_several_faces_of_different_sizes_warn_and_the_largest_is_used(tmp_path, faces_data):
     from skimage import data
 
     encoder = DlibFaceEncoder()
-    second = read_photo("/work/shared/data/faces/id02_v1_f0.png")[40:210, 365:535]   # another person's face
+    second = read_photo(faces_data / "id02_v1_f0.png")[40:210, 365:535]   # another person's face
     canvas = np.full((700, 700, 3), 200, np.uint8)
     canvas[:512, :512] = data.astronaut()                                               # face ~95 px
     canvas[620:680, 620:680] = np.asarray(Image.fromarray(second).resize((60, 60)))     # face ~45 px
     Image.fromarray(canvas).save(tmp_path / "two.png")
     alone = load_references([photo(tmp_path)], encoder).mean_embedding
-    other = load_references(["/work/shared/data/faces/id02_v1_f0.png"], encoder).mean_embedding
+    other = load_references([faces_data / "id02_v1_f0.png"], encoder).mean_embedding
     with pytest.warns(UserWarning, match="2 or more faces found; using the largest"):
         chosen = load_references([str(tmp_path / "two.png")], encoder).mean_embedding
     assert chosen @ alone > 0.95 and chosen @ alone > chosen @ other + 0.1

@@ -33,12 +33,12 @@ def encoder():
 
 
 @pytest.fixture(scope="module")
-def videos():
+def videos(faces_data):  # B.FACES: the folder faces_data found (or a skip)
     return {v["video"]: v for v in B.dev_videos()}
 
 
 @pytest.fixture(scope="module")
-def references(encoder):
+def references(encoder, faces_data):
     photos = B.reference_photos(encoder)  # identity -> [(source video, photo)]
 
     def load(identity, exclude_source=None):

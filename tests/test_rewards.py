@@ -25,7 +25,6 @@ import rewards as R  # noqa: E402
 from arcface import InsightFaceEncoder  # noqa: E402
 from faces import ID_CALIBRATION, DlibFaceEncoder, make_face_encoder  # noqa: E402
 
-SHARED_FACES = ROOT.parent / "shared" / "data" / "faces"
 INSIGHTFACE_IMAGES = Path(importlib.util.find_spec("insightface").submodule_search_locations[0]) / "data" / "images"
 ASTRONAUT = skimage.data.astronaut()  # uint8 [512, 512, 3], one face at about x 175-265, y 76-166
 
@@ -144,9 +143,9 @@ def test_another_real_person_scores_lower_than_the_same_person(astronaut_refs, d
     assert same >= 0.9 and same - other > 2 * ID_CALIBRATION["dlib"].delta_id  # measured: 0.99 vs 0.87
 
 
-def test_dlib_separates_same_and_different_people_on_shared_faces(dlib_encoder):
-    photos = sorted(SHARED_FACES.glob("id*_v*_f*.png"))
-    assert len(photos) == 16, f"expected the 16 test frames in {SHARED_FACES}"
+def test_dlib_separates_same_and_different_people_on_shared_faces(dlib_encoder, faces_data):
+    photos = sorted(faces_data.glob("id*_v*_f*.png"))
+    assert len(photos) == 16, f"expected the 16 test frames in {faces_data}"
     emb = {}
     for path in photos:
         emb_f, found = dlib_encoder.embed_faces(F.read_photo(path)[None])
