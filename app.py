@@ -129,7 +129,7 @@ def flag_error(argv: list[str]) -> str | None:
 
 def preset_text(model: str) -> tuple[str, int, int, int]:
     """train.py's defaults for the model's preset: a line to show, and the three knobs' values."""
-    from train import PRESETS, preset_name  # torch and diffusers: loaded once, when the page is built
+    from cli import PRESETS, preset_name
     preset = PRESETS[preset_name(model)]
     shown = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in preset.items())
     estimate = runs.estimate_minutes(gpu_name(), model, preset)
@@ -273,7 +273,6 @@ def build_page(runs_dir: Path) -> gr.Blocks:
                 gr.Markdown("## 4. Results")
                 report_link = gr.Markdown(elem_id="report-link")
                 with gr.Accordion("eval table (eval/table.md)", open=False):
-                    with gr.Accordion("eval table (eval/table.md)", open=False):
                     table = gr.Markdown()
                 sheets = gr.Gallery(label="held-out videos (contact sheets)", columns=1, height=260)
                 with gr.Row():

@@ -4,19 +4,24 @@ MagicID measures identity with ArcFace (D = 512): two faces are the same person 
 their embeddings is high. The weights come from a local insightface model pack (antelopev2 /
 buffalo_l: an SCRFD detector with 5 keypoints + the ArcFace recogniser) or from a lone recognition
 .onnx, whose faces are then found with dlib's HOG detector and 68-point landmarks reduced to
-ArcFace's 5 points. Nothing is downloaded: faces.make_face_encoder picks this backend when a pack
-is on disk.
+ArcFace's 5 points. faces.make_face_encoder picks this backend when a pack is on disk ("auto"), or
+when asked for ("insightface"): then a missing pack is fetched by insightface's own downloader
+(download_pack: antelopev2.zip from insightface's GitHub release, unzipped into
+~/.insightface/models/antelopev2/, about 360 MB). Licence: insightface's code is MIT, but its
+pretrained packs are for non-commercial research only (insightface's README, "Model Zoo").
 
-Exports: InsightFaceEncoder, DlibKeypoints, arcface_points_from_dlib68, find_pack, missing_pack_message.
+Exports: InsightFaceEncoder, DlibKeypoints, arcface_points_from_dlib68, find_pack, download_pack,
+missing_pack_message.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from faces import Face, FaceEncoder, box_array, dlib_boxes, dlib_model_dir
+from face_encoders import Face, FaceEncoder, box_array, dlib_boxes, dlib_model_dir
 
 INSIGHTFACE_PACKS = ("antelopev2", "buffalo_l")
 INSIGHTFACE_ROOT = Path("~/.insightface/models").expanduser()
@@ -112,11 +117,35 @@ def find_pack(root: Path) -> Path | None:
     return next((c for c in candidates if c.is_dir() and any(c.glob("*.onnx"))), None)
 
 
+def download_pack(root: Path, pack: str = INSIGHTFACE_PACKS[0]) -> Path:
+    """Fetch `pack` with insightface's own downloader (insightface.utils.storage.ensure_available: the zip
+    from its GitHub release, unzipped into root/pack) -> the folder of its .onnx files. Offline, or any
+    failure: FileNotFoundError with missing_pack_message, which says how to put the pack there by hand."""
+    import zipfile
+
+    from insightface.utils.storage import ensure_available
+
+    print(f"insightface backend: no model pack in {root}; downloading {pack} there with insightface's "
+          f"downloader (non-commercial research licence)", file=sys.stderr)
+    try:  # ensure_available(sub_dir, name, root) unzips into root/sub_dir/name
+        ensure_available(root.name, pack, root=str(root.parent))
+    except (OSError, RuntimeError, zipfile.BadZipFile) as err:  # requests' errors are OSErrors
+        reason = str(err).split("(Caused by")[0].strip()
+        raise FileNotFoundError(f"{missing_pack_message(root)} (download failed: {reason})") from None
+    found = find_pack(root)
+    if found is None:
+        raise FileNotFoundError(missing_pack_message(root))
+    return found
+
+
 def missing_pack_message(root: Path) -> str:
-    return (f"insightface backend: no model pack found in {root}. Download antelopev2.zip (or "
-            f"buffalo_l.zip) from https://github.com/deepinsight/insightface/releases and unzip it "
-            f"so that {root / 'antelopev2'}/*.onnx exist (scrfd_10g_bnkps.onnx, glintr100.onnx); or "
-            f"pass model_root=<pack folder or recognition .onnx>; or use backend='dlib' (offline default).")
+    """How to put a pack in `root` by hand, in one line (offline machines)."""
+    return (f"insightface backend: no model pack found in {root}. On a machine with internet run "
+            f"python -c \"from insightface.utils.storage import ensure_available as get; get('models', "
+            f"'antelopev2')\" and copy ~/.insightface/models/antelopev2 to {root / 'antelopev2'} (or unzip "
+            f"antelopev2.zip from https://github.com/deepinsight/insightface/releases there; non-commercial "
+            f"research licence); or pass model_root=<pack folder or recognition .onnx>; or use backend='dlib' "
+            f"(offline default).")
 
 
 def _onnx_ctx_id() -> int:

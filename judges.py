@@ -14,7 +14,8 @@ The VLM runs through transformers' own image-text-to-text classes and the model'
 (AutoModelForImageTextToText + AutoProcessor; safetensors only, never remote code), so any such folder
 works: SmolVLM (Idefics3) is tested offline; Qwen2-VL / Qwen2.5-VL processors need torchvision.
 
-Exports: load_judge("clip:DIR" | "vlm:DIR"), load_clip, load_vlm, ClipScorer, VlmJudge, PromptJudge.
+Exports: load_judge("clip:DIR" | "vlm:DIR"), load_clip, load_vlm, ClipScorer, VlmJudge (each a
+rewards.PromptJudge, the interface prompt_reward defines).
 """
 
 from __future__ import annotations
@@ -22,19 +23,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
 import numpy as np
 
-from rewards import PromptScore, cosine_to_reference, sample_frame_indices
-
-
-class PromptJudge(Protocol):
-    """What prompt_reward needs of a judge: ClipScorer and VlmJudge both are one."""
-    name: str         # which judge ran, written into every score
-    num_frames: int   # frames it looks at by default
-
-    def score(self, video: np.ndarray, prompt: str, num_frames: int) -> PromptScore: ...
+from rewards import PromptJudge, PromptScore, cosine_to_reference, sample_frame_indices
 
 
 def load_judge(spec: str, device: str = "cpu") -> PromptJudge:

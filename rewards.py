@@ -19,22 +19,19 @@ move. Identity embeddings come from faces.py (dlib or insightface ArcFace; which
 every score); the reference photos and ē come from faces.load_references. The prompt judge
 (judges.py: a CLIP or a VLM from a local folder) names itself in every score.
 
-Exports: identity_reward (identity_from_frames), dynamic_reward, prompt_reward, PromptScore, score_videos; the pure math:
-sample_frame_indices, cosine_to_reference, top_fraction_mean, is_dynamic_vbench.
+Exports: identity_reward (identity_from_frames), dynamic_reward, prompt_reward, PromptScore, PromptJudge
+(the judge interface), score_videos; the pure math: sample_frame_indices, cosine_to_reference, top_fraction_mean, is_dynamic_vbench.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import cv2
 import numpy as np
 
 from faces import FaceEncoder, References
-
-if TYPE_CHECKING:  # judges.py imports this file; the type is only named here
-    from judges import PromptJudge
 
 FLOW_SHORT_SIDE = 256   # px; r_dyn is measured at this short side (VBench's 256 normalisation)
 TOP_FRACTION = 0.05     # VBench: mean of the largest 5 % flow magnitudes of a frame pair
@@ -116,6 +113,15 @@ def prompt_reward(video: np.ndarray, prompt: str | None, judge: PromptJudge | No
         return PromptScore(None, False, f"off: no prompt for this video ({judge.name} not run)")
     _check_video(video)
     return judge.score(video, prompt, num_frames or judge.num_frames)
+
+
+class PromptJudge(Protocol):
+    """What prompt_reward needs of a judge (judges.py's ClipScorer and VlmJudge are ones). Defined here, by
+    the reward that uses it, so that judges.py imports this file and not the reverse."""
+    name: str         # which judge ran, written into every score
+    num_frames: int   # frames it looks at by default
+
+    def score(self, video: np.ndarray, prompt: str, num_frames: int) -> PromptScore: ...
 
 
 @dataclass

@@ -43,7 +43,8 @@ import flags
 import parallel
 import report
 from dpo import preference_step
-from faces import ID_CALIBRATION, ReferencePhotoError, load_references, make_face_encoder, read_photo
+from faces import (ID_CALIBRATION, ReferencePhotoError, different_people_message, load_references, make_face_encoder,
+                   read_photo)
 from cli import PROMPTS_DIR, load_model_from_args, parse_train_args
 from model import ModelLoadError
 from prompt_files import PromptFileError, person_phrase, read_prompts
@@ -92,6 +93,8 @@ def train(args) -> Path:
         identity_captions = read_prompts(PROMPTS_DIR / "identity.txt", person)
         encoder = make_face_encoder(args.id_backend, args.id_model_root)
         refs = load_references(args.ref, encoder)  # 0. References: the person's face, embedded once.
+        if mixed := different_people_message(refs):  # a warning, not a refusal: faces.py says why
+            print(f"WARNING: {mixed}", file=sys.stderr)
         settings = run_settings(vars(args), refs.paths, encoder.name,  # a resumed run must match them
                                 {"prompts": train_prompts, "heldout_prompts": heldout_prompts})
         Run.check_out(args.out, args.resume, settings)  # not a finished run without --resume, nor another run

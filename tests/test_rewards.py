@@ -285,10 +285,20 @@ def test_insightface_path_runs_a_torch_exported_arcface_onnx(tmp_path, astronaut
     assert score.reward == pytest.approx(1.0, abs=1e-5)
 
 
-def test_missing_insightface_pack_names_the_folder_to_fill(tmp_path):
+def test_missing_insightface_pack_is_downloaded_and_offline_the_message_says_how(tmp_path, monkeypatch):
+    # Asked for by name, a missing pack is fetched with insightface's own downloader. Offline here for sure:
+    # its release URL is pointed at a closed local port (a connection refused, as with no network).
+    import insightface.utils.storage
+
+    asked = []
+    monkeypatch.setattr(insightface.utils.storage, "model_zoo_download_url",
+                        lambda name: asked.append(name) or f"http://127.0.0.1:9/{name}")
     with pytest.raises(FileNotFoundError) as err:
         make_face_encoder("insightface", model_root=tmp_path)
-    assert str(tmp_path / "antelopev2") in str(err.value) and "backend='dlib'" in str(err.value)
+    message = str(err.value)
+    assert asked == ["antelopev2.zip"]                      # the downloader ran, for the pack the message names
+    assert "\n" not in message and "download failed" in message
+    assert str(tmp_path / "antelopev2") in message and "ensure_available" in message and "backend='dlib'" in message
 
 
 def test_auto_falls_back_to_dlib_without_a_pack_and_says_so(tmp_path, capsys):
