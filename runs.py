@@ -127,7 +127,8 @@ def resume_run(runs_dir: Path, name: str) -> Path:
     if command is None:
         raise RunsError(f"{name} was not started from this page (no {COMMAND_FILE}): continue it from a terminal "
                         f"with its train.py command and --resume")
-    _launch(folder, command["argv"] + ["--resume"])
+    began = (folder / "config.json").exists()  # train.py writes it when the run begins; before, there is nothing
+    _launch(folder, command["argv"] + (["--resume"] if began else []))  # to resume: it starts again, from the start
     return folder
 
 

@@ -42,6 +42,13 @@ def test_a_photo_without_a_face_gets_train_pys_error(tmp_path):
     assert notes.startswith(f"✗ wall.png: no face found in {blank} (200×200 px")
 
 
+def test_photos_of_two_people_get_a_warning_before_training(faces_data):
+    same = [str(faces_data / "id01_v1_f0.png"), str(faces_data / "id01_v2_f0.png")]
+    assert app.check_photos(same)[2] == "✓ 2 photo(s) ready"
+    shown, good, notes = app.check_photos([str(faces_data / "id01_v1_f0.png"), str(faces_data / "id03_v1_f0.png")])
+    assert len(good) == 2 and notes.startswith("⚠ ") and "id01_v1_f0.png ~ id03_v1_f0.png" in notes
+
+
 def test_uploads_are_checked_for_type_and_size_before_they_are_read(tmp_path, monkeypatch):
     text = tmp_path / "notes.txt"
     text.write_text("not a photo")
@@ -50,6 +57,15 @@ def test_uploads_are_checked_for_type_and_size_before_they_are_read(tmp_path, mo
     big.write_bytes(b"\0" * (2 * 2**20))  # not even a JPEG: read, it would give "cannot read"
     monkeypatch.setattr(app, "MAX_PHOTO_MB", 1)
     assert app.photo_error(big) == "2 MB is more than the page takes (1 MB): resize it, e.g. to 4000 px"
+
+
+def test_the_settings_become_train_py_flags_and_a_bad_one_gets_train_pys_line(tmp_path):
+    flags = app.train_flags("tiny", 5, 3, 2, 7, f" clip:{tmp_path} ", "--frames 5")
+    assert flags == ["--model", "tiny", "--identity-steps", "5", "--dpo-identity-steps", "3", "--dpo-dynamic-steps", "3",
+                     "--videos-per-prompt", "2", "--seed", "7", "--judge", f"clip:{tmp_path}", "--frames", "5"]
+    assert app.flag_error(["--ref", "me.jpg", *flags, "--out", "run"]) is None
+    bad = app.train_flags("tiny", -5, 3, 2, 7, "", "")
+    assert app.flag_error(["--ref", "me.jpg", *bad, "--out", "run"]) == "--identity-steps must be >= 0 (got -5)"
 
 
 # ---------------------------------------------------------------------- runs listed from their folders
@@ -131,17 +147,21 @@ def test_stop_sends_ctrl_c_to_the_process_holding_the_runs_lock(tmp_path):
 
 
 def test_resume_runs_train_py_with_the_runs_own_flags_and_resume(tmp_path):
-    """A run folder that holds a run: train.py without --resume refuses it ("already holds a run"); with --resume it
-    gets past that check to the next one, --sem-floor without a judge. So the second error proves --resume came."""
-    folder = runs.start_run(tmp_path, "again", [PHOTO], ["--model", "tiny", "--sem-floor", "0.5"], prompts="{person} waving")
+    """A folder that holds a run: train.py without --resume refuses it ("already holds a run"); with --resume it gets
+    past that check to the model, where --offload-blocks 99 fails (6 blocks). So the second error proves --resume."""
+    flags = ["--model", "tiny", "--grad-checkpointing", "--offload-blocks", "99"]
+    folder = runs.start_run(tmp_path, "again", [PHOTO], flags, prompts="{person} waving")
     runs._processes[str(folder)].wait(timeout=300)
-    assert "already holds a run" not in (folder / "train.log").read_text()
-    (folder / "state.json").write_text('{"done": [], "latest": {}}')
+    assert runs.run_status(folder).message == "error: offload_blocks 99 (+ checkpoint_blocks None) must fit in the " \
+                                              "transformer's 6 blocks"
+    (folder / "state.json").write_text('{"done": [], "latest": {}}')  # what a run that began leaves
+    (folder / "config.json").write_text("{}")
     runs.resume_run(tmp_path, "again")
     runs._processes[str(folder)].wait(timeout=300)
     status = runs.run_status(folder)
     assert status.status == "failed"
-    assert status.message == "error: --sem-floor needs a prompt judge: add --judge clip:DIR or --judge vlm:DIR"
+    assert status.message == "error: offload_blocks 99 (+ checkpoint_blocks None) must fit in the transformer's 6 blocks"
+    assert (folder / "train.log").read_text().count("already holds a run") == 0
     os.remove(folder / "command.json")  # a run from a terminal: the page does not guess its flags
     with pytest.raises(runs.RunsError, match="not started from this page"):
         runs.resume_run(tmp_path, "again")
