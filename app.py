@@ -195,7 +195,7 @@ def scatter(folder: Path):
 
 def log_tail(folder: Path, lines: int = 25) -> str:
     """train.log's last lines, each at its latest progress update (tqdm rewrites a line with \\r)."""
-    text = runs._tail(folder / runs.LOG_FILE)
+    text = runs.read_tail(folder / runs.LOG_FILE)
     shown = []
     for line in text.split("\n")[-lines:]:  # not splitlines(): it splits at \r too
         shown += [update for update in line.split("\r") if update.strip()][-1:]

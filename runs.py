@@ -18,8 +18,8 @@ the page down, and a page stopped with Ctrl-C leaves its runs going (a new page 
 Every path the browser names goes through run_folder / run_file: a run name is one plain folder name, and a file
 is served only where it resolves inside the runs folder.
 
-Exports: RunStatus, list_runs, run_status, start_run, stop_run, resume_run, run_folder, run_file, train_argv,
-estimate_minutes, RunsError.
+Exports: RunStatus, list_runs, run_status, start_run, stop_run, resume_run, run_folder, existing_run, run_file,
+train_argv, read_tail, estimate_minutes, RunsError.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def run_status(folder: Path) -> RunStatus:
     if process is not None and process.poll() is not None:  # ended: reap it, the folder says how
         del _processes[str(folder)]
     state = _read_json(folder / "state.json") or {}
-    log_tail = _tail(folder / LOG_FILE)
+    log_tail = read_tail(folder / LOG_FILE)
     status = RunStatus(folder.name, "failed", done=tuple(state.get("done", ())))
     progress = [m for m in TQDM_LINE.finditer(log_tail)]
     if progress:
@@ -143,8 +143,8 @@ def stop_run(runs_dir: Path, name: str) -> None:
     os.kill(pid, signal.SIGINT)
 
 
-def train_argv(folder: Path, argv: list[str]) -> list[str]:
-    """The command the page runs for a run folder: this Python, train.py, the flags, --out the folder."""
+def train_argv(argv: list[str]) -> list[str]:
+    """The command the page runs in a run folder: this Python, train.py, the flags, --out the folder."""
     return [sys.executable, str(REPO / "train.py"), *argv, "--out", "."]
 
 
@@ -158,7 +158,7 @@ def _launch(folder: Path, argv: list[str]) -> None:
         log.write(f"\n$ train.py {' '.join(argv)}\n".encode())
         log.flush()
         _processes[str(folder)] = subprocess.Popen(
-            train_argv(folder, argv), cwd=folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            train_argv(argv), cwd=folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
@@ -228,7 +228,7 @@ def _progress_from_log(folder: Path) -> tuple[str, int, int]:
     return last["stage"], last["step"] + 1, int(config.get(key) or 0)
 
 
-def _tail(path: Path, size: int = 8192) -> str:
+def read_tail(path: Path, size: int = 8192) -> str:
     if not path.exists():
         return ""
     with open(path, "rb") as handle:

@@ -1,9 +1,9 @@
 """The page's functions without a browser: the photo check, runs listed from their folders, Stop and Resume reaching
 the train.py of a run, and no path from the browser leaving the runs folder."""
 
+import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -88,7 +88,6 @@ def test_runs_are_listed_with_the_state_their_folders_hold(tmp_path):
     (tmp_path / "not-a-run").mkdir()   # no run files: not listed
     (tmp_path / "loose.txt").write_text("")
     with open(busy / ".lock", "a+") as held:  # what run.RunLock holds while train.py works
-        import fcntl
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         listed = {run.name: run for run in runs.list_runs(tmp_path)}
     assert sorted(listed) == ["broken", "busy", "done", "halted"]
@@ -194,3 +193,14 @@ def test_no_file_outside_the_runs_folder_is_served(tmp_path):
     for relative in ["../../secret.txt", str(secret), "link.txt", "eval/../../../secret.txt", "missing.md", "eval"]:
         assert runs.run_file(root, "me", relative) is None, relative
     assert runs.run_file(root, "me", "../other/report.html") == (root / "other" / "report.html").resolve()  # still inside
+
+
+def test_the_time_estimate_adds_the_measured_unit_costs_and_is_unknown_elsewhere():
+    from cli import PRESETS
+    published = PRESETS["published"]
+    # by hand: 60 s once + 16 static x 7.5 + 800 x 0.59 + 10 prompts x 4 x 2 sources x 13.8 + 600 DPO x 1.30
+    #          + 3 models x 3 prompts x 2 seeds x 16.8 = 60 + 120 + 472 + 1104 + 780 + 302.4 = 2838.4 s
+    assert runs.estimate_minutes("NVIDIA H100 80GB HBM3", "wan-1.3b", published) == pytest.approx(2838.4 / 60)
+    assert runs.estimate_minutes(None, "wan-1.3b", published) is None
+    assert runs.estimate_minutes("NVIDIA H100 80GB HBM3", "wan-14b", published) is None
+    assert runs.estimate_minutes("NVIDIA A100", "wan-1.3b", published) is None
