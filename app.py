@@ -33,6 +33,7 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local page calls nobody
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 import runs  # noqa: E402
@@ -165,10 +166,13 @@ def status_text(status: runs.RunStatus) -> str:
     return f"### {status.name}: {status.status}\n\n{progress}{eta}{done}{note}\n\n{gpu_memory()}"
 
 
+CURVES = ("loss", "implicit_accuracy", "reward_margin")
+
+
 def curves(folder: Path):
-    """log.jsonl's loss, implicit accuracy and reward margin by step: a long table for gr.LinePlot."""
-    import pandas as pd
-    rows, path, position = [], folder / "log.jsonl", 0  # position: training steps so far, over every stage
+    """log.jsonl's loss, implicit accuracy and reward margin against the training steps so far (every stage one
+    after the other), one colour a stage: a matplotlib figure."""
+    series, path, position = {}, folder / "log.jsonl", 0  # series[(stage, metric)] = ([position], [value])
     for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
         try:
             record = json.loads(line)
@@ -177,20 +181,41 @@ def curves(folder: Path):
         if "loss" not in record:
             continue
         position += 1
-        for metric in ("loss", "implicit_accuracy", "reward_margin"):
+        for metric in CURVES:
             if metric in record:
-                rows.append({"step": position, "value": record[metric], "curve": f"{record['stage']} {metric}"})
-    return pd.DataFrame(rows or [{"step": 0, "value": 0.0, "curve": "no steps yet"}])
+                xs, ys = series.setdefault((record["stage"], metric), ([], []))
+                xs.append(position)
+                ys.append(record[metric])
+    colours = {stage: f"C{i}" for i, stage in enumerate(dict.fromkeys(stage for stage, _ in series))}
+    figure = Figure(figsize=(9, 2.6), layout="constrained")
+    for axis, metric in zip(figure.subplots(1, 3), CURVES):
+        for (stage, name), (xs, ys) in series.items():
+            if name == metric:
+                axis.plot(xs, ys, marker="." if len(xs) < 3 else None, color=colours[stage], label=stage)
+        axis.set_title(metric.replace("_", " "), fontsize=9)
+        axis.set_xlabel("step", fontsize=8)
+        axis.tick_params(labelsize=7)
+    if series:
+        figure.axes[0].legend(fontsize=7)
+    return figure
 
 
 def scatter(folder: Path):
-    """The repository so far: r_id against r_dyn of every video, by source."""
-    import pandas as pd
+    """The repository so far: r_id against r_dyn of every video, one colour a source (a matplotlib figure)."""
     index = runs.run_file(folder.parent, folder.name, "repository/index.json")
-    entries = json.loads(index.read_text()) if index else []
-    rows = [{"r_dyn": e["rewards"]["r_dyn"], "r_id": e["rewards"]["r_id"], "source": e["source"]}
-            for e in (entries.values() if entries else []) if "rewards" in e]
-    return pd.DataFrame(rows or [{"r_dyn": 0.0, "r_id": 0.0, "source": "no videos yet"}])
+    entries = json.loads(index.read_text()).values() if index else []
+    figure = Figure(figsize=(4.5, 2.6), layout="constrained")
+    axis = figure.subplots()
+    for source in sorted({e["source"] for e in entries if "rewards" in e}):
+        points = [(e["rewards"]["r_dyn"], e["rewards"]["r_id"]) for e in entries
+                  if "rewards" in e and e["source"] == source]
+        axis.scatter(*zip(*points), s=14, label=source)
+    axis.set_xlabel("r_dyn (px)", fontsize=8)
+    axis.set_ylabel("r_id", fontsize=8)
+    axis.tick_params(labelsize=7)
+    if axis.collections:
+        axis.legend(fontsize=7)
+    return figure
 
 
 def log_tail(folder: Path, lines: int = 25) -> str:
@@ -267,8 +292,8 @@ def build_page(runs_dir: Path) -> gr.Blocks:
                     stop = gr.Button("Stop")
                     resume = gr.Button("Resume")
                 message = gr.Markdown(elem_id="run-message")
-                curve_plot = gr.LinePlot(x="step", y="value", color="curve", label="training curves", height=220)
-                scatter_plot = gr.ScatterPlot(x="r_dyn", y="r_id", color="source", label="repository", height=220)
+                curve_plot = gr.Plot(label="training curves", format="png")
+                scatter_plot = gr.Plot(label="repository: identity against motion", format="png")
                 log = gr.Textbox(label="log", lines=8, max_lines=8, elem_id="run-log")
                 gr.Markdown("## 4. Results")
                 report_link = gr.Markdown(elem_id="report-link")
@@ -280,9 +305,9 @@ def build_page(runs_dir: Path) -> gr.Blocks:
                     comfy_file = gr.DownloadButton("LoRA (ComfyUI)", visible=False, elem_id="download-comfy")
                 gr.Markdown("## 5. Generate")
                 gen_prompts = gr.Textbox("{person} walking on a beach", lines=2, label="prompts, one a line")
-                gen_steps = gr.Number(12, label="denoising steps", precision=0)
+                gen_steps = gr.Number(12, label="denoising steps", precision=0, elem_id="gen-steps")
                 generate = gr.Button("Generate")
-                videos = gr.Gallery(label="videos", columns=2, height=260)
+                videos = gr.Gallery(label="videos", columns=2, height=260, elem_id="videos")
 
         def on_photos(files):
             shown, good, notes = check_photos([getattr(f, "name", f) for f in files or []])

@@ -96,6 +96,7 @@ def test_page_trains_stops_resumes_and_hands_over_the_lora(page_server, tmp_path
         shots("4-resumed")
         expect(status).to_contain_text("astro: finished", timeout=480_000)
         expect(browser_page.locator("#report-link")).to_contain_text("Open the report", timeout=10_000)
+        browser_page.wait_for_timeout(3000)  # the plots draw after their data arrives
         shots("5-finished")
 
         # 4. the LoRA downloads, byte for byte the one train.py wrote
@@ -103,7 +104,14 @@ def test_page_trains_stops_resumes_and_hands_over_the_lora(page_server, tmp_path
             browser_page.locator("#download-lora").click()
         saved = tmp_path / "downloaded.safetensors"
         download.value.save_as(saved)
+
+        # 5. a video with the LoRA, through generate.py, shown in the page
+        browser_page.locator("#gen-steps input").fill("2")
+        browser_page.get_by_role("button", name="Generate").click()
+        expect(browser_page.locator("#videos video").first).to_be_attached(timeout=180_000)
+        shots("6-generated")
         browser.close()
+    assert len(list((tmp_path / "runs" / "astro" / "generated").glob("*.mp4"))) == 1
     run = tmp_path / "runs" / "astro"
     assert saved.read_bytes() == (run / "magicid_lora" / "pytorch_lora_weights.safetensors").read_bytes()
     log = (run / "train.log").read_text()
