@@ -187,7 +187,7 @@ def curves(folder: Path):
                 xs.append(position)
                 ys.append(record[metric])
     colours = {stage: f"C{i}" for i, stage in enumerate(dict.fromkeys(stage for stage, _ in series))}
-    figure = Figure(figsize=(9, 2.6), layout="constrained")
+    figure = Figure(figsize=(7, 3), layout="constrained")
     for axis, metric in zip(figure.subplots(1, 3), CURVES):
         for (stage, name), (xs, ys) in series.items():
             if name == metric:
