@@ -205,12 +205,18 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("--max-pairs", type=int, default=None, help="keep at most this many pairs per rule (None: all)")
     r.add_argument("--max-uses", type=int, default=2, help="times one video may appear in dynamic pairs")
     d = p.add_argument_group("preference optimization")
-    preset_arg(d, "--beta", "Diffusion-DPO β (dpo.py says why these)", type=float)
+    preset_arg(d, "--beta", "Diffusion-DPO β, or auto: β/2 · the reference's median winner-loser error gap = 1, "
+                           "measured on the first pairs (dpo.py says why)", type=beta_value)
     d.add_argument("--sft-weight", type=float, default=0.0, help="weight of a denoising loss on winners")
     e = p.add_argument_group("report")
     preset_arg(e, "--eval-prompts", "held-out prompts in the report", type=int)
     preset_arg(e, "--eval-seeds", "seeds per held-out prompt", type=int)
     return p
+
+
+def beta_value(text: str):
+    """--beta's type: "auto" or a number (flags.py checks that it is > 0)."""
+    return "auto" if text == "auto" else float(text)
 
 
 def parse_train_args(argv: list[str] | None = None, description: str | None = None) -> argparse.Namespace:

@@ -52,6 +52,7 @@ NON_NEGATIVE = Rule(">= 0", _finite(lambda v: v >= 0))
 AT_LEAST_1 = Rule(">= 1", lambda v: v >= 1)
 FINITE = Rule("a finite number", _finite(lambda v: True))
 BELOW_1 = Rule("in [0, 1), a fraction of the side", _finite(lambda v: 0 <= v < 1))
+BETA = Rule("> 0, or auto", lambda v: v == "auto" or POSITIVE.ok(v))
 SEED = Rule(f"an integer from 0 to {2**32 - 1}", lambda v: 0 <= v < 2**32)
 SEEDS = Rule(f"1 to {SEED_STRIDE}", lambda v: 1 <= v <= SEED_STRIDE)
 # Wan's and CogVideoX's video VAEs compress time 4x after the first frame (model.py checks the same on load).
@@ -69,7 +70,7 @@ TRAIN_RULES = {
     "--face-framing": NON_NEGATIVE, "--jitter": BELOW_1, "--num-prompts": AT_LEAST_1,
     "--videos-per-prompt": AT_LEAST_1, "--sem-floor": FINITE, "--delta-id": NON_NEGATIVE, "--tau-dyn": NON_NEGATIVE,
     "--dyn-margin": NON_NEGATIVE, "--dyn-id-tolerance": NON_NEGATIVE, "--max-pairs": AT_LEAST_1,
-    "--max-uses": AT_LEAST_1, "--beta": POSITIVE, "--sft-weight": NON_NEGATIVE, "--eval-prompts": AT_LEAST_1,
+    "--max-uses": AT_LEAST_1, "--beta": BETA, "--sft-weight": NON_NEGATIVE, "--eval-prompts": AT_LEAST_1,
     "--eval-seeds": SEEDS,
 }
 GENERATE_RULES = {**VIDEO_SIZE, "--steps": AT_LEAST_1, "--guidance": NON_NEGATIVE, "--seed": SEED,

@@ -26,6 +26,7 @@ killed at any point and started again with --resume ends with the same LoRA as o
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from functools import partial
@@ -41,7 +42,7 @@ import fast_sampling
 import flags
 import parallel
 import report
-from dpo import preference_step
+from dpo import BETA, beta_from_error_gaps, preference_step
 from faces import ID_CALIBRATION, ReferencePhotoError, different_people_message, load_references, make_face_encoder
 from cli import PROMPTS_DIR, load_model_from_args, parse_train_args
 from lora import ModelLoadError, copy_adapter
@@ -51,6 +52,10 @@ from rewards import score_videos
 from repository import Repository, add_static_videos, build_repository
 from run import Run, RunLock, StageTimer, StepLog, disk_full, resume_command, run_settings
 from sampling import select_dynamic_pairs, select_identity_pairs, summary
+
+# --beta auto: pairs per DPO phase whose reference errors set β (dpo.beta_from_error_gaps); their draws are the
+# ones the phase's first steps train on, so β is set where training starts.
+BETA_DRAWS = 8
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -143,12 +148,13 @@ def train(args) -> Path:
         with timer("pairs"):
             pairs = select_pairs(repo, args, delta_id, judged=judge is not None)
         run.write_json(f"pairs_round{round_index}.json", pairs)
+        beta = args.beta if args.beta != "auto" else calibrated_beta(run, model, repo, pairs, args, round_index)
         for rule in ("identity", "dynamic"):
             stage, chosen = f"dpo_{rule}_round{round_index}", pairs[rule]
             steps = getattr(args, f"dpo_{rule}_steps") if chosen["pairs"] else 0
             with timer(stage, steps):
                 optimize(run, stage, model, steps, args.dpo_lr, args,
-                         partial(dpo_loss_of_pair, model, repo, chosen, args, partial(run.step_seed, stage)))
+                         partial(dpo_loss_of_pair, model, repo, chosen, args, beta, partial(run.step_seed, stage)))
         if round_index + 1 < args.rounds:  # online: the next round's reference is this round's result
             copy_adapter(model, "default", "reference")
     run.save_stage_lora(model, "magicid")
@@ -201,7 +207,9 @@ def optimize(run: Run, stage: str, model, steps: int, lr: float, args, item_loss
             group["lr"] = lr * min(1.0, (step + 1) / max(1, args.warmup))
         optimizer.zero_grad(set_to_none=False)
         totals = {}
-        for item in range(rank, args.batch_size, world):
+        # a two-expert model (Wan2.2-A14B) runs the items of one expert together: one weight move a step at most
+        items = model.order_items(range(rank, args.batch_size, world), partial(run.step_seed, stage, step))
+        for item in items:
             loss, metrics = item_loss(step, item)
             (loss / args.batch_size).backward()
             for key, value in metrics.items():
@@ -259,15 +267,48 @@ def select_pairs(repo, args, delta_id, judged: bool) -> dict:
     return out
 
 
-def dpo_loss_of_pair(model, repo, pairs, args, step_seed, step, item):
+def dpo_loss_of_pair(model, repo, pairs, args, beta, step_seed, step, item):
     """The Diffusion-DPO loss of one pair of the step's batch (dpo.preference_step with B = 1)."""
+    batch = pair_batch(model, repo, pairs, args, step_seed, step, item)
+    return preference_step(model, batch, beta=beta, sft_weight=args.sft_weight,
+                           generator=torch.Generator().manual_seed(step_seed(step, item)))
+
+
+def pair_batch(model, repo, pairs, args, step_seed, step, item) -> dict:
+    """Item `item` of DPO step `step`: a pair drawn by the step's seed, as preference_step's batch."""
     picks = np.random.default_rng(step_seed(step)).integers(0, len(pairs["pairs"]), args.batch_size)
     winner, loser = pairs["pairs"][picks[item]]
-    batch = {"latents_w": repo.latents(winner)[None],                     # [1, C, F, H, W]
-             "latents_l": repo.latents(loser)[None],
-             "text_emb": model.encode_prompt([pairs["prompts"][picks[item]]])}  # [1, L, D]
-    return preference_step(model, batch, beta=args.beta, sft_weight=args.sft_weight,
-                           generator=torch.Generator().manual_seed(step_seed(step, item)))
+    return {"latents_w": repo.latents(winner)[None],                      # [1, C, F, H, W]
+            "latents_l": repo.latents(loser)[None],
+            "text_emb": model.encode_prompt([pairs["prompts"][picks[item]]])}  # [1, L, D]
+
+
+def calibrated_beta(run, model, repo, pairs, args, round_index) -> float:
+    """--beta auto (ours, dpo.beta_from_error_gaps): β/2 · the reference's median |e_ref(x_w) − e_ref(x_l)| = 1,
+    measured on the pairs and the (t, ε) draws of each DPO phase's first BETA_DRAWS items, the ones training
+    starts on. Kept in the run folder (beta_round<r>.json): a resumed run goes on with the same β."""
+    path = run.dir / f"beta_round{round_index}.json"
+    if path.exists():
+        return json.loads(path.read_text())["beta"]
+    errors = []                                                            # [(e_ref(x_w), e_ref(x_l))]
+    for rule in ("identity", "dynamic"):
+        step_seed = partial(run.step_seed, f"dpo_{rule}_round{round_index}")
+        for draw in range(BETA_DRAWS if pairs[rule]["pairs"] else 0):
+            step, item = divmod(draw, args.batch_size)
+            batch = pair_batch(model, repo, pairs[rule], args, step_seed, step, item)
+            with torch.no_grad():  # the reference as "policy" too: its metrics' err_w, err_l are e_ref
+                _, metrics = preference_step(model, batch, policy_adapter="reference",
+                                             generator=torch.Generator().manual_seed(step_seed(step, item)))
+            errors.append((metrics["err_w"].item(), metrics["err_l"].item()))
+    if not errors:  # no pairs at all: no DPO step will run, any β does
+        return BETA
+    e_w, e_l = torch.tensor(errors, dtype=torch.float64).T
+    beta = beta_from_error_gaps(e_w, e_l)
+    run.write_json(path.name, {"beta": beta, "median_gap": 2 / beta, "draws": len(errors), "rule": "dpo.py"})
+    run.log("dpo_beta", round_index, {"beta": beta, "median_gap": 2 / beta})
+    if parallel.is_main():
+        print(f"β = {beta:.4g} (--beta auto: 2 / the median reference error gap {2 / beta:.3g}, {len(errors)} pairs)")
+    return beta
 
 
 if __name__ == "__main__":

@@ -247,7 +247,7 @@ def test_the_identity_and_dpo_losses_draw_anew_at_each_step_and_repeat_within_on
     with torch.no_grad():
         identity = [train.reconstruction_loss(tiny, repo, statics, args,
                                               partial(run.step_seed, "identity"), step, 0)[0].item() for step in (0, 0, 1)]
-        dpo = [train.dpo_loss_of_pair(tiny, repo, pairs, args, partial(run.step_seed, "dpo_identity_round0"),
+        dpo = [train.dpo_loss_of_pair(tiny, repo, pairs, args, args.beta, partial(run.step_seed, "dpo_identity_round0"),
                                       step, 0)[1]["err_w"].item() for step in (0, 0, 1)]
     for losses in (identity, dpo):
         assert losses[0] == losses[1] and losses[1] != losses[2]

@@ -15,7 +15,6 @@ sys.path.insert(0, str(ROOT))
 
 import faces as F  # noqa: E402
 
-FACES = ROOT.parent / "shared" / "data" / "faces"
 
 
 @pytest.fixture(scope="module")
@@ -39,22 +38,22 @@ def test_the_rule_hand_worked():
     assert "0.880" in message and "δ_id = 0.020" in message
 
 
-def test_four_photos_of_one_person_pass(encoder):
+def test_four_photos_of_one_person_pass(encoder, faces_data):
     # id01: two videos, early and late frame of each; the lowest pair (other video, other frame) scores 0.905.
-    refs = F.load_references(sorted(FACES.glob("id01_v*_f*.png")), encoder)
+    refs = F.load_references(sorted(faces_data.glob("id01_v*_f*.png")), encoder)
     assert len(refs.paths) == 4 and F.different_people_message(refs) is None
 
 
-def test_photos_of_two_people_are_named_with_their_cosine(encoder):
-    refs = F.load_references([FACES / "id01_v1_f0.png", FACES / "id03_v1_f0.png"], encoder)
+def test_photos_of_two_people_are_named_with_their_cosine(encoder, faces_data):
+    refs = F.load_references([faces_data / "id01_v1_f0.png", faces_data / "id03_v1_f0.png"], encoder)
     message = F.different_people_message(refs)
     assert message is not None and "id01_v1_f0.png ~ id03_v1_f0.png" in message
     recorded = float(message.split("id03_v1_f0.png ")[1][:5])
     assert recorded == pytest.approx(0.808, abs=0.01)  # measured 2026-12-05 (dlib, mirror-averaged)
 
 
-def test_one_intruder_among_one_persons_photos_is_the_one_named(encoder):
-    photos = [FACES / "id02_v1_f0.png", FACES / "id02_v2_f0.png", FACES / "id04_v1_f0.png"]
+def test_one_intruder_among_one_persons_photos_is_the_one_named(encoder, faces_data):
+    photos = [faces_data / "id02_v1_f0.png", faces_data / "id02_v2_f0.png", faces_data / "id04_v1_f0.png"]
     message = F.different_people_message(F.load_references(photos, encoder))
     assert "id02_v1_f0.png ~ id04_v1_f0.png" in message and "id02_v2_f0.png ~ id04_v1_f0.png" in message
     assert "id02_v1_f0.png ~ id02_v2_f0.png" not in message

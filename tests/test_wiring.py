@@ -13,7 +13,6 @@ The online rounds and the report's columns, which need a whole run, are in test_
 
 import argparse
 from functools import partial
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -30,8 +29,6 @@ from rewards import identity_reward
 from run import Run
 from sampling import crop_around_face
 
-
-SHARED_FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"  # as tests/test_rewards.py
 
 
 @pytest.fixture
@@ -154,10 +151,10 @@ def test_each_dpo_step_draws_its_own_pairs_and_each_item_its_own_timestep_and_no
     run = Run(str(tmp_path / "run"), config={"seed": 0}, resume=False)
     args = argparse.Namespace(batch_size=2, beta=100.0, sft_weight=0.0)
     step_seed = partial(run.step_seed, "dpo_identity_round0")
-    steps, text_cache = 8, train.TextCache(tiny_model)
+    steps = 8
     for step in range(steps):
         for item in range(args.batch_size):
-            train.dpo_loss_of_pair(tiny_model, repo, pairs, text_cache, args, step_seed, step, item)
+            train.dpo_loss_of_pair(tiny_model, repo, pairs, args, args.beta, step_seed, step, item)
     policy = seen[::2]                                             # each item: the policy's call, then the reference's
     assert len(policy) == steps * args.batch_size
     drawn = [int(round(w)) // 2 for w, _, _ in policy]            # the pair of each item, in order
@@ -210,13 +207,13 @@ ASTRONAUT = skimage.data.astronaut()        # Eileen Collins (NASA, public domai
 
 
 @pytest.fixture(scope="module")
-def people(tmp_path_factory):
+def people(tmp_path_factory, faces_data):
     """Two real people: the astronaut, and id02 of shared/data/faces (a frame of one of its videos as the
     reference, a frame of another video in the scene). Returns {name: (scene photo, References)}."""
     folder = tmp_path_factory.mktemp("people")
     Image.fromarray(ASTRONAUT).save(folder / "astronaut.png")
     return {"astronaut": (ASTRONAUT, load_references([folder / "astronaut.png"], DLIB)),
-            "id02": (read_photo(SHARED_FACES / "id02_v1_f0.png"), load_references([SHARED_FACES / "id02_v2_f0.png"], DLIB))}
+            "id02": (read_photo(faces_data / "id02_v1_f0.png"), load_references([faces_data / "id02_v2_f0.png"], DLIB))}
 
 
 @pytest.mark.parametrize("reference", ["astronaut", "id02"])
