@@ -29,13 +29,13 @@ Measured 2026-12-05, single-frame (CPU, 2 loaded cores; 157 of 198 frames accept
 41 refused are turned or lowered heads, e.g. all 11 of the dark id03_v3):
     --no-mirror  same 0.918 ± 0.019  cross 0.811 ± 0.046  AUC 0.986 (presence rule off 0.986, within one
                  reference 0.986; same − cross > δ_id = 0.020 in 0.950 of pairs; reference face < 60 px
-                 0.992, 60-100 px 0.982, ≥ 100 px 0.987)
+                 0.992, 60-100 px 0.982, ≥ 100 px 0.987; B at 16 frames 0.985; A's frames averaged 0.985)
     mirror       same 0.923 ± 0.019  cross 0.817 ± 0.045  AUC 0.988 (presence rule off 0.988, within one
-                 reference 0.988; > δ_id in 0.954 of pairs; < 60 px 0.994, 60-100 px 0.982, ≥ 100 px 0.989)
+                 reference 0.988; > δ_id in 0.954 of pairs; < 60 px 0.994, 60-100 px 0.982, ≥ 100 px 0.989;
+                 B at 16 frames 0.988; A's frames averaged 0.987)
 On the dev people the single-frame protocol is no harsher than the photo protocol (0.986 vs 0.987), and no
 factor alone moves it by more than 0.005: what separates the held-out 0.936 is the people (dlib's descriptor
-tells these 4 apart better than those 7), not the protocol. 16-frame and whole-video factors: not yet
-measured (the run was cut by the machine's load).
+tells these 4 apart better than those 7), not the protocol.
 
 Measured 2026-11-24 (CPU, 1 thread for numpy, 18 videos):
     before  face-hit 0.729 (0.00..1.00)  same 0.684 ± 0.319  cross 0.595 ± 0.282  AUC 0.671  CPU 2.04 s/video (max 2.44)
