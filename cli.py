@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 import fp8
-from dpo import BETA
 from model import LORA_TARGETS, MODEL_PRESETS, ModelLoadError, VideoModel
 from speedups import LOW_MEMORY_BELOW_GIB
 
@@ -107,7 +106,7 @@ def load_model_from_args(args, gradient_checkpointing: bool = False, checkpoint_
 # of other prompts, after ~800 steps at 2e-3 of a LoRA on attention and feed-forward layers (README run r_id
 # 0.919; 0.928 at 1200 steps, which pushed the run past 5 minutes); its VAE draws one dlib can find when the
 # face fills the frame (1.5 face heights). 2 evaluation seeds: time too (toyworld/benchmark.py keeps 1200 and 3).
-# DPO at 2e-5 and β = 100: at 2e-4 or β = 2500 the loss saturates within ~10 steps (toyworld/README.md, dpo.py).
+# DPO at 2e-5 (at 2e-4 the loss saturates within ~10 steps: toyworld/README.md); β by dpo.py's rule in both presets.
 # published: 33-frame videos, 10 repository prompts (x 4 videos x 2 sources) and 6 report videos per model, so
 # that a whole run takes under an hour on one H100 (bench/time_to_lora.py extrapolates this preset to 54 min; 81
 # frames, 20 prompts and 12 report videos per model to ~3.7 h). generate.py still makes the model's 81 frames.
@@ -115,11 +114,11 @@ PRESETS = {
     "tiny": dict(identity_steps=800, dpo_identity_steps=60, dpo_dynamic_steps=60, lr=2e-3, dpo_lr=2e-5,
                  rank=64, lora_targets="attention+ffn", face_framing=1.5, batch_size=2, videos_per_prompt=4,
                  num_prompts=4, static_videos=4, eval_prompts=3, eval_seeds=2, sample_steps=12, checkpoint_every=50,
-                 grad_checkpointing=False, beta=100.0, frames=None),
+                 grad_checkpointing=False, beta="auto", frames=None),
     "published": dict(identity_steps=800, dpo_identity_steps=300, dpo_dynamic_steps=300, lr=1e-4, dpo_lr=1e-5,
                       rank=64, lora_targets="attention", face_framing=3.0, batch_size=1, videos_per_prompt=4,
                       num_prompts=10, static_videos=16, eval_prompts=3, eval_seeds=2, sample_steps=30,
-                      checkpoint_every=100, grad_checkpointing=True, beta=BETA, frames=33),
+                      checkpoint_every=100, grad_checkpointing=True, beta="auto", frames=33),
 }
 
 

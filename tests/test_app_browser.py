@@ -58,8 +58,11 @@ def test_page_trains_stops_resumes_and_hands_over_the_lora(page_server, tmp_path
     except ImportError:
         sync_api = None
     if CHROMIUM is None or sync_api is None:
-        pytest.skip("no browser to drive: needs Debian's chromium and playwright's Python package "
-                    "(`apt-get install -y chromium; pip install playwright==1.65.3`, as .ci/run does)")
+        reason = ("no browser to drive: needs Debian's chromium and playwright's Python package "
+                  "(`apt-get install -y chromium`; playwright comes with requirements.txt)")
+        if os.environ.get("MAGICID_REQUIRE_BROWSER") == "1":  # .ci/run: CI never passes without the page's test
+            pytest.fail(f"{reason} (MAGICID_REQUIRE_BROWSER=1: required here)", pytrace=False)
+        pytest.skip(reason)
     shots = lambda name: browser_page.screenshot(path=str(tmp_path / f"page-{name}.png"), full_page=True)  # noqa: E731
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])

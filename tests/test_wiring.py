@@ -232,3 +232,47 @@ def test_the_id_reward_keeps_the_face_of_the_reference_person_when_two_people_ar
     assert len(DLIB.find_faces(two_people_video(small, large)[0])) == 2   # both faces are seen
     assert alone.reward - stranger.reward > 2 * ID_CALIBRATION["dlib"].delta_id   # two people dlib tells apart
     assert both.reward == pytest.approx(alone.reward, abs=1e-4), (both.reward, alone.reward, stranger.reward)
+
+
+# ---------------------------------------------------------------------- --beta auto
+
+def test_beta_auto_is_two_over_the_reference_median_error_gap_on_each_phase_first_draws(tiny_model, tmp_path):
+    # train.calibrated_beta (dpo.beta_from_error_gaps): the reference adapter's errors e_ref(x_w), e_ref(x_l) on the
+    # pairs and (t, ε) of each DPO phase's first BETA_DRAWS items, recomputed here from the seed schedule by hand,
+    # and β = 2 / their median |gap|. A resumed run reads β back from the run folder instead of measuring again.
+    tiny_model.add_lora(1, name="reference", trainable=False, seed=1)
+    weights = torch.Generator().manual_seed(5)
+    for key, p in tiny_model.transformer.named_parameters():
+        if "lora_B.reference" in key:                               # B = 0 would make the reference the base
+            p.data = torch.randn(p.shape, generator=weights) * 0.1
+    shape = tiny_model.latent_shape(5, 32, 32)                      # [C, f, h, w]
+    repo = Repository(tmp_path / "repository")
+    data = torch.Generator().manual_seed(6)
+    ids = [repo.add(torch.randn(shape, generator=data), "a sks person", "initial", {"r_id": 0.0, "r_dyn": 0.0}, k)
+           for k in range(6)]
+    pairs = {"identity": {"pairs": [[ids[0], ids[1]], [ids[2], ids[3]]], "prompts": ["a sks person"] * 2},
+             "dynamic": {"pairs": [[ids[4], ids[5]]], "prompts": ["a sks person"]}}
+    run = Run(str(tmp_path / "run"), config={"seed": 0}, resume=False)
+    args = argparse.Namespace(batch_size=2, sft_weight=0.0)
+    beta = train.calibrated_beta(run, tiny_model, repo, pairs, args, 0)
+
+    gaps, text = [], tiny_model.encode_prompt(["a sks person"])
+    with torch.no_grad(), tiny_model.adapter("reference"):
+        for rule in ("identity", "dynamic"):
+            stage = f"dpo_{rule}_round0"
+            for draw in range(train.BETA_DRAWS):
+                step, item = divmod(draw, args.batch_size)
+                picks = np.random.default_rng(run.step_seed(stage, step)).integers(0, len(pairs[rule]["pairs"]), 2)
+                winner, loser = pairs[rule]["pairs"][picks[item]]
+                draws = torch.Generator().manual_seed(run.step_seed(stage, step, item))
+                t = tiny_model.sample_timesteps(1, draws)                     # t first, then ε: dpo.preference_step
+                noise = torch.randn((1, *shape), generator=draws)
+                e_w, e_l = (tiny_model.denoising_error(repo.latents(v)[None].float(), noise, t, text).item()
+                            for v in (winner, loser))
+                gaps.append(abs(e_w - e_l))
+    lower_median = np.sort(gaps)[(len(gaps) - 1) // 2]             # torch's median of an even count
+    assert len(gaps) == 2 * train.BETA_DRAWS
+    assert beta == pytest.approx(2 / lower_median, rel=1e-4)
+    saved = run.dir / "beta_round0.json"
+    saved.write_text('{"beta": 123.0}')
+    assert train.calibrated_beta(run, tiny_model, repo, pairs, args, 0) == 123.0
