@@ -153,7 +153,7 @@ def test_every_impossible_flag_value_is_one_line_naming_the_flag_before_anything
 def test_train_flag_error_gives_the_web_page_the_same_line_or_none(tmp_path):
     good = ["--ref", "me.jpg", "--model", "tiny", "--out", str(tmp_path / "run")]
     assert flags.train_flag_error(good) is None
-    assert flags.train_flag_error(good + ["--beta", "-1"]) == "--beta must be > 0 (got -1)"
+    assert flags.train_flag_error(good + ["--beta", "-1"]) == "--beta must be > 0, or auto (got -1)"
     assert flags.train_flag_error(good + ["--rank", "two"]) == "argument --rank: invalid int value: 'two'"
     assert flags.train_flag_error(["--model", "tiny"]) == "the following arguments are required: --ref"
     assert "--resume" in flags.train_flag_error(good + ["--resume"])
