@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
+TRAIN_SCRIPT = REPO / "train.py"  # what a run executes (the browser test swaps in train.py held at a known point)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # one folder name: no "/", no "..", no leading dot
 # tqdm's line: "identity:  33%|███▎      | 2/6 [00:00<00:02,  1.99step/s]" -> stage, step, total, elapsed, left
 TQDM_LINE = re.compile(r"([A-Za-z_][\w ]*?):\s+\d+%\|[^|]*\|\s*(\d+)/(\d+) \[([\d:]+)<([\d:?]+)")
@@ -145,7 +146,7 @@ def stop_run(runs_dir: Path, name: str) -> None:
 
 def train_argv(argv: list[str]) -> list[str]:
     """The command the page runs in a run folder: this Python, train.py, the flags, --out the folder."""
-    return [sys.executable, str(REPO / "train.py"), *argv, "--out", "."]
+    return [sys.executable, str(TRAIN_SCRIPT), *argv, "--out", "."]
 
 
 def _launch(folder: Path, argv: list[str]) -> None:
