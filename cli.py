@@ -23,6 +23,7 @@ import torch
 import fp8
 from model import LORA_TARGETS, MODEL_PRESETS, ModelLoadError, VideoModel
 from speedups import LOW_MEMORY_BELOW_GIB
+from tiny import TINY_PRESETS
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 
@@ -52,8 +53,8 @@ def add_model_args(parser) -> None:
     """--model/--device/--bf16/--compile/--attention-backend, the same in train.py, generate.py and evaluate.py."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", default="wan-1.3b",
-                       help=f"preset ({', '.join(sorted(MODEL_PRESETS))}, tiny, tiny-cogvideox, tiny-wan2.2-5b, "
-                            "tiny-wan2.2-14b), hub id or local diffusers folder; 'tiny' runs offline on a CPU; "
+                       help=f"preset ({', '.join([*sorted(MODEL_PRESETS), *TINY_PRESETS])}), hub id or local "
+                            "diffusers folder; the tiny ones run offline on a CPU (tiny-toyworld once pretrained); "
                             "wan2.2-14b:high or :low trains that expert only (experts.py)")
     group.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     group.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,

@@ -44,6 +44,10 @@ def build_tiny_pipeline(name: str = "tiny", seed: int = 0, pretrained: bool = Tr
         pipe = build(tokenizer, seed)
     if pretrained:
         if name == "tiny-toyworld":  # the population base (toyworld/identities.py) shares tiny's VAE
+            if not os.path.isfile(os.path.join(TINY_WEIGHTS_DIR, name, "transformer.safetensors")):
+                # random weights would run and mean nothing: say so instead
+                raise FileNotFoundError("--model tiny-toyworld has no pretrained weights in weights/tiny-toyworld/ yet: "
+                                        "pretrain them on a GPU first (toyworld/README.md, 'Issue 26')")
             load_pretrained_weights(pipe, os.path.join(TINY_WEIGHTS_DIR, "tiny"), components=("vae",))
         load_pretrained_weights(pipe, os.path.join(TINY_WEIGHTS_DIR, name))
     return pipe
