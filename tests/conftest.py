@@ -90,6 +90,7 @@ def tiny_vlm(tmp_path_factory):
 # speed: at the first fsync of the main thread once state.json names a checkpoint of HOLD_STAGE (any stage: "")
 # the run creates <gate>.held and waits on the fifo <gate> until the test writes to it, or a signal ends the run.
 # (fsync is where every run-folder write meets the disk, run.atomic_write; the wait changes nothing else.)
+# HOLD_REPO: where train.py is, for a run started in its run folder (the page's, tests/test_app_browser.py).
 HOLD = """
 import json, os, runpy, sys, threading
 stage, gate, real_fsync = os.environ["HOLD_STAGE"], os.environ["HOLD_GATE"], os.fsync
@@ -110,9 +111,23 @@ def fsync(fd):
     real_fsync(fd)
 
 os.fsync = fsync
-sys.path.insert(0, os.getcwd())
-runpy.run_path("train.py", run_name="__main__")
+repo = os.environ.get("HOLD_REPO", os.getcwd())  # the repository's root: the cwd, unless the run has its own
+sys.path.insert(0, repo)
+sys.argv[0] = os.path.join(repo, "train.py")
+runpy.run_path(sys.argv[0], run_name="__main__")
 """
+
+
+def write_hold(folder: Path) -> Path:
+    """HOLD as folder/hold.py: `python hold.py <train.py flags>` is train.py, held once (HOLD_STAGE, HOLD_GATE)."""
+    (folder / "hold.py").write_text(HOLD)
+    return folder / "hold.py"
+
+
+@pytest.fixture
+def hold_script(tmp_path) -> Path:
+    """write_hold(tmp_path), for a test whose train.py is started by another program (the page)."""
+    return write_hold(tmp_path)
 
 
 class HeldTrain:
@@ -123,7 +138,7 @@ class HeldTrain:
         import sys
 
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "hold.py").write_text(HOLD)
+        write_hold(folder)
         self.gate = folder / "gate"
         os.mkfifo(self.gate)
         self.process = subprocess.Popen([sys.executable, str(folder / "hold.py"), *argv],

@@ -21,54 +21,30 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 # The smallest run that still goes through every stage with pairs in both rules: 5-frame videos, 2 sampling steps,
 # one prompt, two videos per source, one held-out video per model; --tau-dyn/--dyn-margin open the pair rules.
-# 20 identity steps; the run is held at the identity stage's second checkpoint (PAGE_HOLD) while the page stops it.
+# 20 identity steps; the run is held at the identity stage's second checkpoint (conftest's HOLD) while the page stops it.
 TINY_FLAGS = ("--identity-steps 20 --dpo-identity-steps 1 --dpo-dynamic-steps 1 --videos-per-prompt 2 --num-prompts 1 "
               "--static-videos 1 --eval-prompts 1 --eval-seeds 1 --sample-steps 2 --checkpoint-every 1 --batch-size 1 "
               "--frames 5 --rank 4 --lora-targets attention --tau-dyn 1000 --dyn-margin 0")
 
 
 # The page's train.py held at a known point, whatever the machine's speed (on a fast one the whole tiny run takes
-# ~13 s, over before a poll of the page could see it move): at the first disk write after state.json names an
-# identity-stage checkpoint, the run creates <gate>.held and waits on the fifo <gate> until the test writes to it, or
-# a signal (Stop) ends it. Each train.py process holds once. (tests/conftest.py's HOLD, for a run started in a folder.)
-PAGE_HOLD = """
-import json, os, runpy, sys, threading
-gate, real_fsync = os.environ["HOLD_GATE"], os.fsync
-train = os.path.join(os.environ["HOLD_REPO"], "train.py")
-
-def checkpointed():
-    try:
-        return "identity" in json.loads(open("state.json").read())["latest"]
-    except (OSError, ValueError):
-        return False
-
-def fsync(fd):
-    if threading.current_thread() is threading.main_thread() and checkpointed():
-        os.fsync = real_fsync
-        open(gate + ".held", "w").close()
-        open(gate).read()
-    real_fsync(fd)
-
-os.fsync = fsync
-sys.path.insert(0, os.environ["HOLD_REPO"])
-sys.argv[0] = train
-runpy.run_path(train, run_name="__main__")
-"""
+# ~13 s, over before a poll of the page could see it move): conftest's HOLD at the identity stage's checkpoint; the run
+# creates <gate>.held and waits on the fifo <gate> until the test writes to it, or a signal (Stop) ends it. Each
+# train.py process holds once.
 # app.py with runs.TRAIN_SCRIPT pointed at the hold
 SERVE_HELD = "import sys, runs, app; runs.TRAIN_SCRIPT = sys.argv[1]; app.main(sys.argv[2:])"
 
 
 @pytest.fixture
-def page_server(tmp_path):
+def page_server(tmp_path, hold_script):
     """python app.py on a free port, its runs folder in tmp_path, its train.py runs held once each at the identity
     stage's first checkpoint (tmp_path/gate); the URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    (tmp_path / "hold.py").write_text(PAGE_HOLD)
     os.mkfifo(tmp_path / "gate")
-    env = {**os.environ, "HOLD_GATE": str(tmp_path / "gate"), "HOLD_REPO": str(REPO)}
-    server = subprocess.Popen([sys.executable, "-c", SERVE_HELD, str(tmp_path / "hold.py"), "--runs",
+    env = {**os.environ, "HOLD_STAGE": "identity", "HOLD_GATE": str(tmp_path / "gate"), "HOLD_REPO": str(REPO)}
+    server = subprocess.Popen([sys.executable, "-c", SERVE_HELD, str(hold_script), "--runs",
                                str(tmp_path / "runs"), "--port", str(port)], cwd=REPO, env=env,
                               stdout=open(tmp_path / "server.log", "wb"), stderr=subprocess.STDOUT,
                               start_new_session=True)
