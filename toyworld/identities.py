@@ -20,7 +20,7 @@ Framing at 128 px: head-and-shoulders shots put the head at 58-83 px tall, mediu
 (the head's half-height is `scale` canvas px; output height = 2·scale / (2·half) · size).
 
 Exports: HELDOUT_FROM, IDENTITY_MOTIONS, HeldOutIdentityError, check_pretraining_seed, identity,
-PopulationWorld, render_identity_videos, reference_stills, caption.
+PopulationWorld, render_identity_videos, face_boxes, reference_stills, caption.
 """
 
 from __future__ import annotations
@@ -103,21 +103,23 @@ class PopulationWorld:
         self.world, self.rng = world, world.rng
         self.population = check_pretraining_seed(population - 1) + 1         # seeds 0..population-1
 
-    def batch(self, n: int, frames: int = 9, size: int = 128):
-        return self.batch_of(self.rng.integers(0, self.population, n).tolist(), frames, size)
+    def batch(self, n: int, frames: int = 9, size: int = 128, with_faces: bool = False):
+        return self.batch_of(self.rng.integers(0, self.population, n).tolist(), frames, size, with_faces=with_faces)
 
-    def batch_of(self, seeds: list[int], frames: int = 9, size: int = 128, motions: list[str] | None = None):
-        """Videos of the given identity seeds; a held-out seed is refused before anything is drawn."""
+    def batch_of(self, seeds: list[int], frames: int = 9, size: int = 128, motions: list[str] | None = None,
+                 with_faces: bool = False):
+        """Videos of the given identity seeds; a held-out seed is refused before anything is drawn.
+        with_faces: also each frame's head box (face_boxes), a 4th output."""
         for seed in seeds:
             check_pretraining_seed(seed)
-        videos, captions, motions = render_identity_videos(seeds, self.world, frames, size, motions)
-        return videos, captions, motions
+        return render_identity_videos(seeds, self.world, frames, size, motions, with_faces=with_faces)
 
 
 def render_identity_videos(seeds: list[int], world: "toy.ToyWorld", frames: int = 9, size: int = 128,
-                           motions: list[str] | None = None, shots: list[str] | None = None):
+                           motions: list[str] | None = None, shots: list[str] | None = None, with_faces: bool = False):
     """One video per identity seed (any seed: the benchmark's held-out ones too), nuisance from world.rng.
-    motions / shots: per video (default: drawn). -> videos [n, 3, F, size, size] in [-1, 1], captions, motions."""
+    motions / shots: per video (default: drawn). -> videos [n, 3, F, size, size] in [-1, 1], captions, motions
+    (and, with_faces, the head boxes [n, F, 3] of face_boxes)."""
     r, n = world.rng, len(seeds)
     motions = motions or [IDENTITY_MOTIONS[i] for i in r.integers(0, len(IDENTITY_MOTIONS), n)]
     shots = shots or [list(SHOTS)[i] for i in r.choice(2, n, p=[0.7, 0.3])]
@@ -127,7 +129,20 @@ def render_identity_videos(seeds: list[int], world: "toy.ToyWorld", frames: int 
     videos = people.render_people(world.backgrounds(n), torch.from_numpy(cams).float(),
                                   torch.from_numpy(poses).float(), looks, size)
     videos = relight(videos, r)
-    return videos, [caption(look, m, r) for look, m in zip(looks, motions)], motions
+    captions = [caption(look, m, r) for look, m in zip(looks, motions)]
+    if with_faces:
+        return videos, captions, motions, face_boxes(cams, poses, size)
+    return videos, captions, motions
+
+
+def face_boxes(cams: np.ndarray, poses: np.ndarray, size: int) -> np.ndarray:
+    """Where each frame shows the head, in output px: cams [n, F, 3] (cx, cy, half: canvas px), poses [n, F, ≥3]
+    (x, y, scale: the head's centre and half-height, canvas px) -> [n, F, 3] (centre x, centre y, half-height).
+    A canvas point p lands at output px (p − c)/half · size/2 + size/2 (people.render_people's X, Y)."""
+    cx, cy, half = cams[..., 0], cams[..., 1], cams[..., 2]
+    to_px = size / 2 / half                                                    # output px per canvas px, [n, F]
+    return np.stack([(poses[..., 0] - cx) * to_px + size / 2, (poses[..., 1] - cy) * to_px + size / 2,
+                     poses[..., 2] * to_px], axis=-1)
 
 
 def pose_path(motion: str, shot: str, cams: np.ndarray, size: int, r) -> np.ndarray:

@@ -24,6 +24,9 @@ keeps it. A random-init model has no motion to lose, so this script gives the `-
                loss by 0.3 % over the opposite one (0.3372 vs 0.3383 on 64 pans), so direction was almost
                free to ignore; the VAE keeps it (pans reconstruct with the right sign) and the text
                encoder separates the words (cosine 0.75 between "pans left" and "pans right").
+               --face-weight λ_face (ours, the population base) weights the latent cells that show a head:
+               L = Σ w·e² / Σ w (+ the same for the differences), w = 1 + (λ_face − 1)·[cell shows the head],
+               so the few cells that hold eyes and mouth get the share of the gradient a face detector needs.
                The caption is dropped 10 % of the time (classifier-free guidance). The text encoder
                trains with it. Weights are an exponential moving average of the trained ones.
 Each phase stops at its step count or its share of --budget-s, whichever comes first; the log says
@@ -87,6 +90,8 @@ def main(argv=None) -> None:
         tiny.load_pretrained_weights(pipe, args.init)
     pipe.to(device)
     model = VideoModel(pipe, "wan", DEFAULTS["tiny"], "tiny")  # the objective of every later stage
+    if args.face_weight != 1.0 and not args.population:
+        raise SystemExit("pretrain.py: error: --face-weight needs --population (only identities.py's people give head boxes)")
     world = ToyWorld(device, seed=args.seed, people_share=args.people_share)
     # people from identity seeds 0..999,999 (identities.py), or a fresh random look per video (people.py)
     world.people = PopulationWorld(world) if args.population else PeopleWorld(world)
@@ -139,6 +144,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--people-share", type=float, default=0.5, help="fraction of videos showing a person (people.py)")
     p.add_argument("--motion-weight", type=float, default=1.0,
                    help="λ_Δ: weight of the frame-to-frame error term (direction; see train_transformer)")
+    p.add_argument("--face-weight", type=float, default=1.0,
+                   help="λ_face: weight of the latent cells that show a head in the transformer's loss (--population)")
     p.add_argument("--caption-dropout", type=float, default=0.1, help="empty caption, for guidance")
     p.add_argument("--reserve-s", type=float, default=20.0, help="seconds kept at the end for saving")
     p.add_argument("--save-every-s", type=float, default=60.0, help="write the weights this often")
@@ -245,23 +252,43 @@ def calibrate_latents(vae, world, args, autocast, log, batches: int = 8) -> None
 # ---------------------------------------------------------------------- phase 2: the transformer and text encoder
 
 @torch.no_grad()
-def encode_pool(model, world, args, deadline, autocast, log) -> list[tuple[torch.Tensor, list[str]]]:
-    """Videos encoded once, as model.py's normalized latents: [(latents [N, C, f, h, w], captions)]."""
+def encode_pool(model, world, args, deadline, autocast, log) -> list[tuple[torch.Tensor, list[str], torch.Tensor | None]]:
+    """Videos encoded once, as model.py's normalized latents: [(latents [N, C, f, h, w], captions,
+    face masks [N, f, h, w] or None)]; the masks only with --face-weight ≠ 1 (face_latent_mask)."""
     pools, t0 = [], time.time()
     n_long = int(args.pool_videos * args.long_fraction)
+    with_faces = args.face_weight != 1.0
     for frames, count in ((args.frames, args.pool_videos - n_long), (args.long_frames, n_long)):
-        latents, captions = [], []
+        latents, captions, masks = [], [], []
         batch = max(1, min(256, 2048 // frames))
         while len(captions) < count and (time.time() < deadline or not captions):
-            x, caps, _ = world.batch(min(batch, count - len(captions)), frames, args.size)
+            x, caps, _, *boxes = world.batch(min(batch, count - len(captions)), frames, args.size, with_faces=with_faces)
             with autocast:
                 z = model.vae.encode(x).latent_dist.mode().float()
             latents.append(model.normalize_latents(z).to(torch.bfloat16))          # model.py's latent space
+            if with_faces:
+                masks.append(face_latent_mask(boxes[0], z.shape[2:], args.size).to(torch.bfloat16))
             captions += caps
         if count and captions:
-            pools.append((torch.cat(latents), captions))
+            pools.append((torch.cat(latents), captions, torch.cat(masks).to(z.device) if masks else None))
         log("pool", {"frames": frames, "videos": len(captions), "seconds": time.time() - t0})
     return pools
+
+
+def face_latent_mask(boxes: np.ndarray, latent_shape, size: int, margin: float = 1.25) -> torch.Tensor:
+    """Which latent cells show the head: boxes [n, F, 3] (identities.face_boxes: centre x, y, half-height in
+    output px; 0 where no one is shown) -> mask [n, f, h, w] in {0, 1}. A cell is in when its centre lies within
+    margin × the head's half-height of the head's centre (hair and chin included). Wan's VAE keeps frame 0 as
+    latent frame 0 and packs frames 4k−3..4k into latent frame k: a cell is in when any of those frames has it."""
+    f, h, w = latent_shape
+    n, frames, _ = boxes.shape
+    cell = size / h                                                            # output px per latent cell
+    centres = (np.arange(h) + 0.5) * cell                                      # [h] (square frames: w = h)
+    b = boxes[:, :, :, None, None]                                             # [n, F, 3, 1, 1]
+    inside = ((centres[None, None, None, :] - b[:, :, 0]) ** 2 + (centres[None, None, :, None] - b[:, :, 1]) ** 2
+              < (margin * b[:, :, 2]) ** 2)                                    # [n, F, h, w]: y rows, x columns
+    groups = [[0]] + [list(range(max(1, 4 * k - 3), min(frames, 4 * k + 1))) for k in range(1, f)]
+    return torch.from_numpy(np.stack([inside[:, g].any(1) for g in groups], axis=1)).float()   # [n, f, h, w]
 
 
 def train_transformer(model, pools, args, deadline, autocast, log) -> None:
@@ -273,15 +300,17 @@ def train_transformer(model, pools, args, deadline, autocast, log) -> None:
     optimizer = torch.optim.AdamW(params, lr=args.dit_lr, betas=(0.9, 0.99), weight_decay=0.01)
     generator = torch.Generator().manual_seed(args.seed)
     device_generator = torch.Generator(model.device).manual_seed(args.seed)
-    sizes = np.array([len(c) for _, c in pools], float)                      # every pooled video equally often
-    tokens = CaptionTokens(model, [c for _, captions in pools for c in captions] + [""])
+    sizes = np.array([len(c) for _, c, _ in pools], float)                      # every pooled video equally often
+    tokens = CaptionTokens(model, [c for _, captions, _ in pools for c in captions] + [""])
     step, t0, last_save, running = 0, time.time(), time.time(), []
     while step < args.dit_steps and time.time() < deadline:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args.dit_lr, step, args.dit_steps, args.warmup, t0, deadline)
-        latents, captions = pools[np.random.default_rng([args.seed, step]).choice(len(pools), p=sizes / sizes.sum())]
+        latents, captions, masks = pools[np.random.default_rng([args.seed, step]).choice(len(pools), p=sizes / sizes.sum())]
         idx = torch.randint(0, len(captions), (args.dit_batch,), generator=generator)
         x0 = latents[idx.to(latents.device)].float()                          # [B, C, f, h, w]
+        # w = 1 + (λ_face − 1)·[cell shows the head]: [B, 1, f, h, w] (all ones without --face-weight)
+        weight = 1 + (args.face_weight - 1) * masks[idx.to(masks.device)].float()[:, None] if masks is not None else None
         drop = torch.rand(args.dit_batch, generator=generator) < args.caption_dropout
         texts = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist())]
         t = model.sample_timesteps(args.dit_batch, generator)
@@ -289,9 +318,10 @@ def train_transformer(model, pools, args, deadline, autocast, log) -> None:
         with autocast:
             pred = model.predict(model.add_noise(x0, noise, t), t, tokens.embed(texts))  # text: [B, L, D], with grad
         error = pred - model.target(x0, noise, t)                             # [B, C, f, h, w]
-        loss = error.pow(2).mean()
+        loss = weighted_mean(error.pow(2), weight)
         if error.shape[2] > 1:  # the frame-to-frame term (docstring): same minimizer, more weight on motion
-            loss = loss + args.motion_weight * error.diff(dim=2).pow(2).mean()
+            frame_pairs = None if weight is None else torch.maximum(weight[:, :, 1:], weight[:, :, :-1])
+            loss = loss + args.motion_weight * weighted_mean(error.diff(dim=2).pow(2), frame_pairs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -315,6 +345,15 @@ def train_transformer(model, pools, args, deadline, autocast, log) -> None:
             p.copy_(e)
     for module in (model.transformer, model.pipe.text_encoder):
         module.requires_grad_(False).eval()
+
+
+def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Σ w·v / Σ w over every element (w broadcast over channels): the plain mean when weight is None. Normalized
+    by the weights' sum, so --face-weight moves the loss's emphasis, not its scale or the learning rate's meaning."""
+    if weight is None:
+        return values.mean()
+    weight = weight.expand_as(values)
+    return (weight * values).sum() / weight.sum()
 
 
 class CaptionTokens:

@@ -1,27 +1,38 @@
 #!/usr/bin/env bash
-# toyworld/pretrain_on_device.sh — the population base (--model tiny-toyworld) pretrained in one device call of
-# the library's `device` tool, continuing from /tmp/tw on a warm machine (so 2-3 calls back to back make the
-# ~25 min base). Pretraining needs only diffusers, transformers, peft and a recent regex beyond the device image:
-# put their wheels in .gpumin/ first (ignored by git; ~21 MB, so it travels with the tree in one call):
-#   mkdir -p .gpumin && echo /.gpumin/ >> .git/info/exclude && python3 -m pip download --no-deps --only-binary=:all: \
-#     --python-version 3.12 --platform manylinux2014_x86_64 -d .gpumin diffusers==0.42.1 transformers==5.23.0 \
-#     peft==0.21.2 regex==2026.12.2
-# then call the device with carry [".gpumin"] and: bash toyworld/pretrain_on_device.sh 520   (seconds of training)
-# The weights come back under $OUT split below the tool's 16 MB a file: join them with
-#   cat transformer.safetensors.part* > weights/tiny-toyworld/transformer.safetensors   (and text_encoder likewise)
-# Not yet run: the device could not be started in the session that wrote it (toyworld/README.md, "Issue 26").
+# toyworld/pretrain_on_device.sh — one device call of the population base's pretraining (--model tiny-toyworld),
+# for the library's `device` tool: 10 min a call, 64 MiB carried a call (the tree included), no pip there.
+#
+#   bash toyworld/pretrain_on_device.sh SECONDS [pretrain.py flags ...]      (carry [".gpumin"])
+#
+# .gpumin/ (ignored by git) holds what the device image lacks, packed small enough to travel with the tree:
+#   site.tar.xz     diffusers 0.42.1, transformers 5.23.0, peft 0.21.2 and regex 2026.12.2 for Python 3.12,
+#                   unpacked (6.6 MB; the four wheels are 21 MB):
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#       -d /tmp/whl diffusers==0.42.1 transformers==5.23.0 peft==0.21.2 regex==2026.12.2
+#     mkdir /tmp/site && for w in /tmp/whl/*.whl; do python3 -m zipfile -e $w /tmp/site; done
+#     tar -C /tmp/site -cf - . | xz -9 > .gpumin/site.tar.xz
+#   init/           (optional) weights to continue from: transformer.safetensors.xz, text_encoder.safetensors
+# The first call unpacks them into /tmp (kept while the machine stays warm: back-to-back calls continue from
+# /tmp/tw, where each call leaves its weights). The weights come back under $OUT split below 16 MB a file:
+#   cat transformer.safetensors.part* > weights/tiny-toyworld/transformer.safetensors     (text_encoder likewise)
+# toyworld/README.md ("The population base") has the calls that made the shipped base.
 set -uo pipefail
-BUDGET=${1:-520}
-if [ ! -d /tmp/site/diffusers ]; then  # pure-Python wheels (and regex's manylinux one) unpack as they are
-  mkdir -p /tmp/site && for wheel in .gpumin/*.whl; do python3 -m zipfile -e "$wheel" /tmp/site; done
+BUDGET=${1:-520}; shift || true
+if [ ! -d /tmp/site/diffusers ]; then
+  mkdir -p /tmp/site && tar -C /tmp/site -xJf .gpumin/site.tar.xz
 fi
 export PYTHONPATH=/tmp/site
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-init=(); [ -f /tmp/tw/transformer.safetensors ] && init=(--init /tmp/tw)
 mkdir -p /tmp/tw
-python toyworld/pretrain.py --model tiny-toyworld --device cuda --out /tmp/tw --budget-s "$BUDGET" "${init[@]}" 2>&1 | tail -40
+if [ ! -f /tmp/tw/transformer.safetensors ] && [ -f .gpumin/init/transformer.safetensors.xz ]; then
+  xz -dc .gpumin/init/transformer.safetensors.xz > /tmp/tw/transformer.safetensors
+  cp .gpumin/init/text_encoder.safetensors /tmp/tw/
+fi
+init=(); [ -f /tmp/tw/transformer.safetensors ] && init=(--init /tmp/tw)
+python toyworld/pretrain.py --model tiny-toyworld --device cuda --out /tmp/tw --budget-s "$BUDGET" "${init[@]}" "$@" 2>&1 | tail -30
 status=${PIPESTATUS[0]}
 cd /tmp/tw && for f in *.safetensors; do split -b 15M -d "$f" "$OUT/$f.part"; done
 cp pretrain_log.jsonl "$OUT/" 2>/dev/null
+grep -v '"transformer"' pretrain_log.jsonl | cut -c1-300
 ls -la /tmp/tw
 exit "$status"

@@ -73,15 +73,23 @@ class ToyWorld:
     def describe(self) -> dict:
         return {"natural": self.subjects, "procedural": list(PROCEDURAL), "motions": list(MOTIONS)}
 
-    def batch(self, n: int, frames: int = 9, size: int = 128):
-        """n videos: a binomial share of them people (toyworld/people.py), the rest canvases."""
+    def batch(self, n: int, frames: int = 9, size: int = 128, with_faces: bool = False):
+        """n videos: a binomial share of them people (toyworld/people.py), the rest canvases. with_faces: also
+        each frame's head box [n, F, 3] (centre x, y, half-height in output px; zeros where no one is shown),
+        which the people generator must give (identities.PopulationWorld does)."""
         n_people = int(self.rng.binomial(n, self.people_share))
         if n_people and self.people is None:
             raise ValueError("people_share > 0 needs world.people: people.PeopleWorld(world) or a PopulationWorld")
-        parts = [self._canvas_batch(n - n_people, frames, size)] if n > n_people else []
+        parts = []
+        if n > n_people:
+            parts.append((*self._canvas_batch(n - n_people, frames, size), np.zeros((n - n_people, frames, 3))))
         if n_people:
-            parts.append(self.people.batch(n_people, frames, size))
-        return torch.cat([p[0] for p in parts]), sum((p[1] for p in parts), []), sum((p[2] for p in parts), [])
+            people = self.people.batch(n_people, frames, size, **({"with_faces": True} if with_faces else {}))
+            parts.append(people if with_faces else (*people, None))
+        videos, captions, motions = torch.cat([p[0] for p in parts]), sum((p[1] for p in parts), []), sum((p[2] for p in parts), [])
+        if with_faces:
+            return videos, captions, motions, np.concatenate([p[3] for p in parts])
+        return videos, captions, motions
 
     def _canvas_batch(self, n: int, frames: int, size: int):
         canvas, subjects = self.backgrounds(n, with_subjects=True)          # [n, 3, S, S]
