@@ -170,3 +170,44 @@ def test_procedural_writes_reference_stills_and_runs_train_py_end_to_end(tmp_pat
     assert "## Claims" in (tmp_path / "run" / "results.md").read_text()
     again = protocol.write_procedural_references(1_000_123, tmp_path / "run" / "refs", 3, encoder)
     assert sorted(again.glob("still_*.png")) == stills       # repeatable: written once, the same seed's stills
+
+
+def test_face_boxes_match_the_head_the_renderer_paints():
+    """identities.face_boxes against the renderer itself: paint the same bald heads in two skin colours on a flat
+    background; the topmost pixel that changes is the head's top (centre − half-height) and the row half a
+    half-height below it is centred on the box's centre, within 1.5 px (the edges are soft), in every frame."""
+    from toyworld import people
+
+    r = np.random.default_rng(5)
+    motions = ["walks to the left", "comes closer", "camera pans left", "nods", "turns their head", "sways"]
+    shots = ["head-and-shoulders", "medium"] * 3
+    cams = np.stack([toy.camera_path(m if m in identities.CAMERA_ONLY else "still", 9, 128, r) for m in motions])
+    poses = np.stack([identities.pose_path(m, s, c, 128, r) for m, s, c in zip(motions, shots, cams)])  # [n, F, 8]
+    looks = [{**identities.identity(1_000_400 + i), "shirt": np.full(3, 0.5), "bald": True, "long_hair": False}
+             for i in range(len(motions))]
+    background = torch.full((len(motions), 3, toy.CANVAS, toy.CANVAS), 0.5)
+    paint = lambda skin: people.render_people(background, torch.from_numpy(cams).float(), torch.from_numpy(poses).float(),
+                                              [{**look, "skin": np.array(skin)} for look in looks], 128)
+    changed = ((paint([0.9, 0.2, 0.2]) - paint([0.2, 0.9, 0.2])).abs().amax(1) > 0.3).numpy()   # [n, F, H, W]
+    boxes = identities.face_boxes(cams, poses, 128)                                           # [n, F, 3]
+    for v in range(len(motions)):
+        for f in range(9):
+            cx, cy, half = boxes[v, f]
+            rows = np.nonzero(changed[v, f].any(1))[0]
+            assert abs(rows.min() + 0.5 - (cy - half)) <= 1.5, (motions[v], f, rows.min(), cy - half)
+            columns = np.nonzero(changed[v, f, int(cy - 0.5 * half)])[0]
+            assert abs((columns.min() + columns.max() + 1) / 2 - cx) <= 1.5, (motions[v], f, columns, cx)
+
+
+def test_face_latent_mask_by_hand():
+    """A head at (64, 64) with half-height 16 px in frame 4 of 9 at 128 px, latents 3 × 16 × 16 (8-px cells, centres
+    4 + 8i): cells within 1.25 · 16 = 20 px of the centre are those whose centres are 52, 60, 68, 76 px (offsets
+    ±4, ±12; ±20 is not < 20) in both axes: rows and columns 6-9. Frame 4 is in latent frame 1 (frames 1-4), not 2 (5-8)."""
+    from toyworld.pretrain import face_latent_mask
+
+    boxes = np.zeros((2, 9, 3))
+    boxes[0, 4] = (64, 64, 16)
+    mask = face_latent_mask(boxes, (3, 16, 16), 128)
+    expected = torch.zeros(2, 3, 16, 16)
+    expected[0, 1, 6:10, 6:10] = 1
+    assert torch.equal(mask, expected)
