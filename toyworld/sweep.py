@@ -54,15 +54,21 @@ def main(argv=None) -> str:
     p.add_argument("--seed-run", required=True, help="a toyworld/benchmark.py --out folder (made if missing)")
     p.add_argument("--identity", action="append", choices=benchmark.IDENTITIES,
                    help="shipped identities (default: astronaut)")
+    p.add_argument("--procedural", action="append", default=[], type=int, metavar="SEED",
+                   help="held-out procedural identities instead (benchmark.py --procedural; the protocol's setup)")
     p.add_argument("--out", default=str(ROOT / "runs" / "tw_sweep"), help="one folder per configuration in here")
     p.add_argument("--jobs", type=int, default=2, help="configurations run at once")
     p.add_argument("--device", default="cpu", help="train.py's and the evaluation's device: cpu or cuda")
     args = p.parse_args(argv)
-    identities = args.identity or ["astronaut"]
+    if args.procedural and args.identity:
+        raise SystemExit("sweep.py: error: --procedural and --identity: one kind of identity per sweep")
+    identities = [f"procedural_{s}" for s in args.procedural] or args.identity or ["astronaut"]
+    setup = benchmark.population_setup(benchmark.population.PROTOCOL_FILE, None) if args.procedural else benchmark.PHOTO_SETUP
     configs = dict(parse_config(text) for text in args.configs)
     seed, out = Path(args.seed_run), Path(args.out)
     common = [sys.executable, str(ROOT / "toyworld" / "benchmark.py"), "--device", args.device,
-              *(f"--identity={name}" for name in identities)]
+              *(f"--procedural={s}" for s in args.procedural),
+              *(f"--identity={name}" for name in ([] if args.procedural else identities))]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")
            or str(max(1, (os.cpu_count() or 1) // args.jobs))}   # N processes must not each take every core
 
@@ -73,7 +79,7 @@ def main(argv=None) -> str:
             subprocess.run([*common, "--no-curve", "--out", str(seed)], env=env, stdout=log, stderr=subprocess.STDOUT,
                            check=True)
     for name, flags in configs.items():
-        check_reusable(seed, identities, flags)
+        check_reusable(seed, identities, flags, setup)
         for identity in identities:
             copy_seed(seed, out / name, identity)
 
@@ -105,11 +111,11 @@ def parse_config(text: str) -> tuple[str, list[str]]:
     return name, shlex.split(flags)
 
 
-def check_reusable(seed: Path, identities: list[str], flags: list[str]) -> None:
+def check_reusable(seed: Path, identities: list[str], flags: list[str], setup: dict = benchmark.PHOTO_SETUP) -> None:
     """Refuse flags that would make the copied identity stage, repository or evaluation another run's."""
     for identity in identities:
         before = json.loads((seed / identity / "config.json").read_text())
-        after = vars(train.parse_args(benchmark.train_argv(Path("x"), Path("x"), flags)))
+        after = vars(train.parse_args(benchmark.train_argv(Path("x"), Path("x"), flags, setup=setup)))
         changed = [key for key in COPIED if before.get(key) != after.get(key)
                    and not (key == "bf16" and after.get(key) is None)]   # None: the device's default
         if changed:
@@ -124,7 +130,7 @@ def copy_seed(seed: Path, folder: Path, identity: str) -> None:
         return  # copied before: a repeated sweep resumes its configurations
     target.mkdir(parents=True)
     for name in ("refs", "base_check.json"):
-        if not (folder / name).exists():
+        if not (folder / name).exists() and (seed / name).exists():   # base_check.json: not with --no-base-check
             copy = shutil.copytree if (seed / name).is_dir() else shutil.copy2
             copy(seed / name, folder / name)
     shutil.copytree(source / "repository", target / "repository")
@@ -135,15 +141,17 @@ def copy_seed(seed: Path, folder: Path, identity: str) -> None:
         {"done": ["identity"], "latest": {"identity": state["latest"]["identity"]}}, indent=1))
     lines = (source / "log.jsonl").read_text().splitlines()
     (target / "log.jsonl").write_text("".join(line + "\n" for line in lines if '"stage": "identity"' in line))
-    # The evaluation caches name the reference photo by its path; the copy in folder/refs is the same photo.
-    old_ref, new_ref = str(seed / "refs" / f"{identity}.png"), str(folder / "refs" / f"{identity}.png")
+    # The evaluation caches name the reference photos by their paths (refs/<identity>.png, or the stills in
+    # refs/<identity>/ of a procedural identity); the copies in folder/refs are the same photos.
+    old_refs, new_refs = str(seed / "refs"), str(folder / "refs")
     slugs = tuple(variant.replace(" ", "_") + "_" for variant in REUSED_VARIANTS)
     for cache in EVAL_DIRS:
         (target / cache).mkdir()
         for path in (source / cache).glob("*.json"):
             if path.name.startswith(slugs):
                 cached = json.loads(path.read_text())
-                cached["key"]["references"] = [new_ref if r == old_ref else r for r in cached["key"]["references"]]
+                cached["key"]["references"] = [new_refs + r[len(old_refs):] if r.startswith(old_refs + os.sep) else r
+                                               for r in cached["key"]["references"]]
                 (target / cache / path.name).write_text(json.dumps(cached))
                 if path.with_suffix(".png").exists():   # the contact sheet train.py's report shows
                     shutil.copy2(path.with_suffix(".png"), target / cache / path.with_suffix(".png").name)
