@@ -25,7 +25,9 @@ Memory by arithmetic (2 B a bf16 parameter, GiB = 2^30 B, S tokens a video, batc
     policy + reference of both experts 3.1 GiB, gradients 1.6, AdamW 3.1. A block's recompute and backward ~12 GiB
     (a dozen [2,S,D], FFN [2,S,13824] x 3). So ~71 GiB recomputing attention (an H100, narrowly), ~96 GiB keeping
     it (train.py's default: out of memory expected on an H100; an H200 fits). Sampling at 81x720x1280: S =
-    21*45*80 = 75,600: one expert + ~10 GiB of a forward's transients (x2 CFG-batched).
+    21*45*80 = 75,600: one expert + ~10 GiB of a forward's transients (x2 CFG-batched). Host: ExpertPlacement
+    pins both experts, and torch's pinned allocator rounds each tensor to a power of two: 40.8 GiB an expert,
+    81.6 GiB of the box's 128 GiB ("host_after_build" in the JSON).
   5B: 5.00 B parameters = 9.3 GiB. DPO at 33x704x1280: S = 9*22*40 = 7,920, [2, S, 3072] = 0.09 GiB: 2.7 GiB of
     block inputs (+2.7 attention), LoRA 1.7 GiB with AdamW, per-token modulation [2, S, 6, 3072] fp32 1.1: ~20 GiB.
     Sampling at 121x704x1280: S = 31*22*40 = 27,280, ~15 GiB.
@@ -44,6 +46,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import resource
 import statistics
 import sys
 import time
@@ -147,11 +150,12 @@ def main(argv=None):
     device, deadline, ceiling = P.start(args.small, args.budget_s)
     compile_on = args.compile if args.compile is not None else device == "cuda"
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    report = Report(Path(args.out) / f"bench_wan22-{args.backbone}", args.backbone, device, ceiling)
+    report = Report(Path(args.out), args.backbone, device, ceiling)
     start = time.perf_counter()
     model = build_in_memory(args.backbone, device, args.small)
     report.data["build_s"] = round(time.perf_counter() - start, 1)
     report.data["params_b_per_transformer"] = round(sum(q.numel() for q in model.transformer.parameters()) / 1e9, 3)
+    report.data["host_after_build"] = host_memory()  # the A14B's pinned expert copies (the allocator rounds up)
     reason = attention.flash_attention_4_unavailable(device)
     report.data["attention"] = "fa4" if reason is None else f"sdpa ({reason})"
     print(f"built {args.backbone} in memory in {report.data['build_s']} s: "
@@ -288,6 +292,7 @@ def measure_switch(model, deadline, report, repeats: int = 3) -> None:
     report.data["switch"] = dict(active=placement.active, moved_gib=round(moved_gib, 2), median_s=round(switch_s, 3),
                                  seconds=[round(s, 3) for s in seconds], p_high=round(p_high, 4), per_step=per_step,
                                  gb_per_s=round(moved_gib * 2**30 / 1e9 / switch_s, 1) if switch_s else None)
+    report.save()
     report.table(f"expert switch: {moved_gib:.1f} GiB from pinned host memory, median {switch_s:.3f} s "
                  f"({'a real copy' if placement.active else 'CPU: bookkeeping only'}); P(t >= boundary) = {p_high:.3f}",
                  ["pairs a step", "switches a step", "s a step", "share of the DPO step"],
@@ -372,6 +377,14 @@ def failure(error: Exception) -> str:
     return f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
 
 
+def host_memory() -> dict:
+    """Peak resident host memory and pinned memory now (GiB): ExpertPlacement's host copies live there."""
+    found = {"peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 1)}  # Linux: KiB
+    if torch.cuda.is_available() and hasattr(torch.cuda, "host_memory_stats"):
+        found["pinned_gib"] = round(torch.cuda.host_memory_stats().get("allocated_bytes.current", 0) / 2**30, 1)
+    return found
+
+
 def synchronize() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -379,16 +392,16 @@ def synchronize() -> None:
 
 class Report:
     """What was measured, written after every row (a run killed at the call's limit keeps what it had):
-    <stem>.json (everything) and <stem>.txt (the tables as printed)."""
+    bench_wan22-<backbone>.json (everything) and .txt (the tables as printed)."""
 
-    def __init__(self, stem: Path, backbone: str, device: str, ceiling: float):
-        self.stem = stem
+    def __init__(self, out: Path, backbone: str, device: str, ceiling: float):
+        self.json, self.txt = out / f"bench_wan22-{backbone}.json", out / f"bench_wan22-{backbone}.txt"
         gpu = "CPU" if device != "cuda" else (
             f"{torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)")
         self.data = dict(backbone=backbone, device=gpu, environment=P.environment(), skipped=[],
                          bf16_matmul_ceiling_tflops=None if ceiling != ceiling else round(ceiling),
                          built="in memory, random weights, bf16 (no from_pretrained, no UMT5, VAE never run)")
-        self.stem.with_suffix(".txt").write_text(P.environment() + "\n\n")
+        self.txt.write_text(P.environment() + "\n\n")
 
     def add(self, section: str, row: dict) -> None:
         self.data[section]["rows"].append(row)
@@ -401,13 +414,14 @@ class Report:
         self.save()
 
     def save(self) -> None:
-        self.stem.with_suffix(".json").write_text(json.dumps(self.data, indent=1))
+        self.json.write_text(json.dumps(self.data, indent=1))
 
     def table(self, title: str, header: list[str], rows: list[list]) -> None:
         P.print_table(f"{self.data['backbone']}, {self.data['device']}: {title}", header, rows,
-                      file=str(self.stem.with_suffix(".txt")))
+                      file=str(self.txt))
 
     def finish(self) -> None:
+        self.data["host_at_end"] = host_memory()
         if "dpo" in self.data:
             d = self.data["dpo"]
             self.table(f"DPO step (train.py's), {d['frames']}x{d['height']}x{d['width']} = {d['tokens']} tokens, "
@@ -424,8 +438,9 @@ class Report:
                          r.get("extrapolated_s", ""), r.get("measured_s") or "", r["peak_gib"]] for r in s["rows"]])
         skipped = "".join(f"skipped {line}\n" for line in self.data["skipped"])
         print(skipped, end="")
-        with open(self.stem.with_suffix(".txt"), "a") as handle:
+        with open(self.txt, "a") as handle:
             handle.write(skipped)
+        self.save()
 
 
 if __name__ == "__main__":
