@@ -9,7 +9,7 @@ caches them), the VAE (latents are random; a toy-width stand-in of the published
             AdamW), 33 frames at the model's height x width, LoRA r=64 on the attention (trainable + frozen
             reference, every expert), train.py's GPU switches: compiled blocks, every block checkpointed keeping its
             attention output (cli.py, GPUs >= 40 GiB), FA4 where installed else SDPA; out of memory: again
-            recomputing attention. Median s/step after two (compiling) steps; peak GiB.
+            recomputing attention, then at 17 frames. Median s/step after two (compiling) steps; peak GiB.
   switch    (A14B) ExpertPlacement.place (weights from pinned host memory): s a switch; per step with
             p = P(t >= boundary) of the timestep sampler: switches_per_step(p, pairs a step) x that.
   sampling  CFG sampling at the generation size on a 30-step schedule: stock WanPipeline (model.sample's lossless
@@ -22,18 +22,18 @@ Memory by arithmetic (2 B a bf16 parameter, GiB = 2^30 B, S tokens a video, batc
     usable) with training activations: one expert on the GPU. DPO at 33x720x1280: S = 9*45*80 = 32,400 (not the
     8,100 of bench/NOTES.md: the 2x2 patch divided twice); [2, S, 5120] bf16 = 0.62 GiB, so the 40 checkpointed
     blocks' inputs 24.7 GiB, kept attention outputs 24.7 more. LoRA, 210 M parameters an expert and adapter, fp32:
-    policy + reference of both experts 3.1 GiB, gradients 1.6, AdamW 3.1. A block's recompute and backward ~12 GiB
-    (a dozen [2,S,D], FFN [2,S,13824] x 3). So ~71 GiB recomputing attention (an H100, narrowly), ~96 GiB keeping
-    it (train.py's default: out of memory expected on an H100; an H200 fits). Sampling at 81x720x1280: S =
+    policy + reference of both experts 3.1 GiB, gradients 1.6, AdamW 3.1. A block's recompute and backward
+    ~12-16 GiB (a dozen [2,S,D], FFN [2,S,13824] x 3, gradients). So ~72-76 GiB recomputing attention (an H100 at
+    its edge: else the 17-frame row, S = 5*45*80 = 18,000, ~55 GiB), ~97-101 GiB keeping it (train.py's default:
+    out of memory expected on an H100; an H200 fits). Sampling at 81x720x1280: S =
     21*45*80 = 75,600: one expert + ~10 GiB of a forward's transients (x2 CFG-batched). Host: ExpertPlacement
     pins both experts, and torch's pinned allocator rounds each tensor to a power of two: 40.8 GiB an expert,
     81.6 GiB of the box's 128 GiB ("host_after_build" in the JSON).
   5B: 5.00 B parameters = 9.3 GiB. DPO at 33x704x1280: S = 9*22*40 = 7,920, [2, S, 3072] = 0.09 GiB: 2.7 GiB of
     block inputs (+2.7 attention), LoRA 1.7 GiB with AdamW, per-token modulation [2, S, 6, 3072] fp32 1.1: ~20 GiB.
     Sampling at 121x704x1280: S = 31*22*40 = 27,280, ~15 GiB.
-Expected on an H100 (published.forward_flops at ~450 TFLOP/s): 5B DPO step ~2 s (0.95 PFLOP with the recompute),
-sampling ~2.3 s a step; A14B DPO step ~35 s (16.6 PFLOP), a switch ~0.6 s (at the ~50 GB/s measured host link),
-sampling ~29 s a step (6.5 PFLOP a forward, 72 % attention): 30 steps ~15 min, so A14B rows time 1 step.
+Expected on an H100 (~450 TFLOP/s): 5B DPO ~2 s a step (0.95 PFLOP), sampling ~2.3 s a step; A14B DPO ~35 s (16.6
+PFLOP), a switch ~0.6 s (~50 GB/s host link), sampling ~29 s a step: 30 steps ~15 min, so its rows time 1 step.
 
     python bench/bench_wan22.py --backbone wan2.2-5b --timed-steps 30 --repeats 5   # GPU ~6 min (wan22_on_device.sh)
     python bench/bench_wan22.py --backbone wan2.2-14b --small --out /tmp/bw22        # CPU check, toy widths, ~1 min
@@ -208,9 +208,10 @@ def build_in_memory(backbone: str, device: str, small: bool) -> VideoModel:
 
 
 def measure_dpo(model, args, device, compile_on, deadline, report, speed) -> None:
-    """train.py's DPO step at the preset's training video; then, if it ran out of memory, recomputing attention."""
-    frames, height, width = SMALL_VIDEO if args.small else (PRESET["frames"], model.defaults.height, model.defaults.width)
-    S = tokens_of(model, frames, height, width)
+    """train.py's DPO step at the preset's training video; while it runs out of memory: recomputing attention, then
+    a 17-frame video (what fits, and s/step to scale by tokens)."""
+    preset = SMALL_VIDEO[0] if args.small else PRESET["frames"]
+    height, width = SMALL_VIDEO[1:] if args.small else (model.defaults.height, model.defaults.width)
     rank, targets = PRESET["rank"], PRESET["lora_targets"]
     model.add_lora(rank, targets, name="reference", trainable=False)  # the frozen DPO reference
     model.add_lora(rank, targets, name="default")                     # the trainable policy
@@ -220,34 +221,35 @@ def measure_dpo(model, args, device, compile_on, deadline, report, speed) -> Non
                 q.copy_(torch.randn_like(q) * 0.01)
     params = model.lora_parameters("default")
     optimizer = torch.optim.AdamW(params, lr=PRESET["dpo_lr"], weight_decay=0.0, fused=device == "cuda")
-    batch = P.dpo_batch(model, frames, height, width, 1, device)
-    batch = {k: v.cpu() if k.startswith("latents") else v for k, v in batch.items()}  # as repo.latents gives them
     seed = next(s for s in range(1000)  # a draw whose t falls to the expert on the GPU: the step times no switch
                 if model.expert_of(model.sample_timesteps(1, torch.Generator().manual_seed(s)))[0] == 0)
-
-    def step():  # train.py's train_steps at batch 1
-        optimizer.zero_grad(set_to_none=False)
-        loss, _ = dpo.preference_step(model, batch, generator=torch.Generator().manual_seed(seed))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-
-    flops = P.dpo_step_flops(model, S, 1, rank)
     low_memory = device == "cuda" and torch.cuda.get_device_properties(0).total_memory < LOW_MEMORY_BELOW_GIB * 2**30
-    report.data["dpo"] = dict(frames=frames, height=height, width=width, tokens=S, rank=rank, targets=targets,
-                              useful_tflop_per_step=round(flops / 1e12, 1), rows=[])
-    print(f"DPO at {frames}x{height}x{width}: {S} tokens a video, batch 2, {flops / 1e12:.0f} useful TFLOP a step",
-          flush=True)
-    for keep in ([True, False] if not low_memory else [False]):
+    report.data["dpo"] = dict(height=height, width=width, rank=rank, targets=targets, rows=[])
+    attempts = [(keep, preset) for keep in ([False] if low_memory else [True, False])] + [(False, (preset + 1) // 2)]
+    for keep, frames in attempts:  # train.py's own choice first: keep attention unless the GPU is under 40 GiB
+        S = tokens_of(model, frames, height, width)
+        flops = P.dpo_step_flops(model, S, 1, rank)
+        batch = P.dpo_batch(model, frames, height, width, 1, device)
+        batch = {k: v.cpu() if k.startswith("latents") else v for k, v in batch.items()}  # as repo.latents gives them
+
+        def step():  # train.py's train_steps at batch 1
+            optimizer.zero_grad(set_to_none=False)
+            loss, _ = dpo.preference_step(model, batch, generator=torch.Generator().manual_seed(seed))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+
         label = (f"{'compiled' if compile_on else 'eager'}, every block checkpointed, "
                  + ("keeping attention" if keep else "recomputing attention") + (" (train.py's)" * (keep != low_memory)))
         estimate = (2 + args.repeats) * 1.25 * flops / (speed["tflops"] * 1e12) + args.compile_allowance_s * compile_on
         if not deadline.allows(estimate):
-            report.skip("dpo", label, f"~{estimate:.0f} s left out of the budget")
+            report.skip("dpo", f"{label}, {frames} frames", f"~{estimate:.0f} s left out of the budget")
             return
+        print(f"DPO at {frames}x{height}x{width}: {S} tokens a video, batch 2, {flops / 1e12:.0f} useful TFLOP a step; "
+              f"{label}", flush=True)
         model.enable_speedups(compile_blocks=compile_on, gradient_checkpointing=True, keep_attention=keep,
                               attention_backend="fa4" if device == "cuda" else None)
-        row = dict(variant=label)
+        row = dict(variant=label, frames=frames, tokens=S, useful_tflop=round(flops / 1e12, 1))
         try:
             P.reset_peak()
             # two untimed steps: the first compiles, the second again (peft's active-adapter list is a new object
@@ -259,6 +261,7 @@ def measure_dpo(model, args, device, compile_on, deadline, report, speed) -> Non
             speed["tflops"] = flops / seconds / 1e12
         except Exception as error:  # noqa: BLE001 — out of memory is a result; any other failure is reported
             row.update(status=failure(error), peak_gib=round(P.peak_gib(), 1))
+        del batch
         gc.collect()  # the failed step's graph, before the next row
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -319,8 +322,6 @@ def measure_sampling(model, args, device, compile_on, deadline, report, speed) -
     ours = lambda: fast_sampling.sample_latents(model, text_emb, negative_emb, noise, steps, guidance)  # noqa: E731
     variants = [("stock WanPipeline, eager, SDPA", False, "sdpa", stock),
                 ("stock WanPipeline, compiled blocks, SDPA", True, "sdpa", stock)]
-    if device == "cuda" and report.data["attention"] == "fa4":
-        variants.append(("model.sample as generate.py runs it: compiled, FlashAttention-4", True, "fa4", stock))
     variants.append((f"fast_sampling lossless, CFG batched, compiled, {report.data['attention'].split(' ')[0]}",
                      True, "fa4" if device == "cuda" else None, ours))
     step_estimate = 2 * P.forward_flops(model, S, 1) / (speed["tflops"] * 1e12)
@@ -424,11 +425,11 @@ class Report:
         self.data["host_at_end"] = host_memory()
         if "dpo" in self.data:
             d = self.data["dpo"]
-            self.table(f"DPO step (train.py's), {d['frames']}x{d['height']}x{d['width']} = {d['tokens']} tokens, "
-                       f"batch 2, LoRA r={d['rank']} {d['targets']}, attention {self.data['attention']}",
-                       ["variant", "status", "s/step", "1st, 2nd step s", "peak GiB", "useful TFLOP/s"],
-                       [[r["variant"], r["status"], r.get("s_per_step", ""), r.get("first_steps_s", ""),
-                         r.get("peak_gib", ""), r.get("tflops", "")] for r in d["rows"]])
+            self.table(f"DPO step (train.py's), {d['height']}x{d['width']}, batch 2, LoRA r={d['rank']} {d['targets']}, "
+                       f"attention {self.data['attention']}",
+                       ["variant", "frames", "tokens", "status", "s/step", "1st, 2nd step s", "peak GiB", "TFLOP/s"],
+                       [[r["variant"], r["frames"], r["tokens"], r["status"], r.get("s_per_step", ""),
+                         r.get("first_steps_s", ""), r.get("peak_gib", ""), r.get("tflops", "")] for r in d["rows"]])
         if "sampling" in self.data:
             s = self.data["sampling"]
             self.table(f"sampling, {s['frames']}x{s['height']}x{s['width']} = {s['tokens']} tokens, CFG "
