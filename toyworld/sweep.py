@@ -170,7 +170,8 @@ def table(seed: Path, out: Path, configs: dict, identities: list[str]) -> str:
             lines.append(f"| {name} | {shlex.join(flags)} | failed: see {folder / 'benchmark.log'} | | | | | |")
             continue
         r = json.loads(results.read_text())
-        cell = lambda table, variant, metric: "{:.3f} [{:.3f}, {:.3f}]".format(*r[table][variant][metric])
+        cell = lambda table, variant, metric: ("{:.3f} [{:.3f}, {:.3f}]".format(*r[table][variant][metric])
+                                               if r.get(table) else "—")   # no person-motion prompts (procedural)
         variants = ["identity stage", "MagicID"] if name == "seed" else ["MagicID"]
         for variant in variants:
             label = f"{name} {variant}" if name == "seed" else name
