@@ -2,7 +2,7 @@
 # toyworld/pretrain_on_device.sh — one device call of the population base's pretraining (--model tiny-toyworld),
 # for the library's `device` tool: 10 min a call, 64 MiB carried a call (the tree included), no pip there.
 #
-#   bash toyworld/pretrain_on_device.sh SECONDS [pretrain.py flags ...]      (carry [".gpumin"])
+#   bash toyworld/pretrain_on_device.sh SECONDS [pretrain.py flags ...]      (carry [".gpumin/site.tar.xz", ".gpumin/init"])
 #
 # .gpumin/ (ignored by git) holds what the device image lacks, packed small enough to travel with the tree:
 #   site.tar.xz     diffusers 0.42.1, transformers 5.23.0, peft 0.21.2 and regex 2026.12.2 for Python 3.12,
@@ -15,7 +15,9 @@
 # The first call unpacks them into /tmp (kept while the machine stays warm: back-to-back calls continue from
 # /tmp/tw, where each call leaves its weights). The weights come back under $OUT split below 16 MB a file:
 #   cat transformer.safetensors.part* > weights/tiny-toyworld/transformer.safetensors     (text_encoder likewise)
-# toyworld/README.md ("The population base") has the calls that made the shipped base.
+# (Not all of .gpumin when it also holds face.tar.xz, 32 MB: the call would pass 64 MiB.) Then, on the same warm
+# machine, toyworld/protocol_on_device.sh runs the benchmark on /tmp/tw's weights. toyworld/README.md ("Face-weighted
+# continuation") has the calls that made the current base.
 set -uo pipefail
 BUDGET=${1:-520}; shift || true
 if [ ! -d /tmp/site/diffusers ]; then
