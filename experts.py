@@ -22,13 +22,14 @@ Choices (ours), so that train.py and dpo.py stay backbone-blind:
   truncated to that expert's range, only its LoRA trains; the other expert's file is written with B = 0 (no
   change), so every loader still finds both files.
 - Memory: both 14B experts in bf16 (2 × 28 GB) and their activations do not fit one 80 GB GPU. ExpertPlacement keeps
-  the running expert's frozen weights on the GPU and the other's in pinned host memory; the host copy is made once
+  the running expert's frozen weights on the GPU and the other's in pinned host memory (packed_host_copies: packed in
+  2^30-byte chunks, ~ the weights' own size); the host copy is made once
   and the weights never change, so evicting an expert copies nothing back. LoRA weights (trainable and reference)
   and the optimizer's state are small and stay on the GPU. On a CPU the placement is bookkeeping only.
 - A step moves an expert at most once when its items run grouped by expert, the resident one first: train.py
   runs a step's items in its own order, so `order_items` is the hook its loop calls with each item's draw seed.
 
-Exports: WanExperts (VideoModel's expert half), ExpertPlacement, split_expert_choice, EXPERT_NAMES.
+Exports: WanExperts (VideoModel's expert half), ExpertPlacement, packed_host_copies, split_expert_choice, EXPERT_NAMES.
 """
 
 from __future__ import annotations
@@ -46,6 +47,30 @@ def split_expert_choice(name: str) -> tuple[str, tuple[int, ...] | None]:
     return name, None
 
 
+def packed_host_copies(tensors, chunk_bytes: int = 1 << 30, align: int = 512, pin: bool = True) -> list[torch.Tensor]:
+    """Host copies of `tensors` (any devices), as views into byte buffers of exactly chunk_bytes each, pinned.
+
+    Why not `t.to("cpu").pin_memory()` per tensor: torch's pinned-memory allocator rounds every allocation up to a
+    power of two, so an A14B expert's 28.6 GB, copied tensor by tensor, holds ~40.8 GiB of page-locked host memory
+    (both experts: 82 of the machine's 128 GiB; bench/bench_wan22.py's host_after_build). Chunks of 2^30 bytes round
+    to themselves; only the last one's tail is unused. Tensors start at multiples of `align` bytes (any dtype's
+    element size divides it, and DMA likes it); one larger than a chunk gets its own allocation. pin=False: the
+    same packing in pageable memory (what a CPU, where nothing can be pinned, tests)."""
+    copies, chunk, used = [], None, chunk_bytes
+    for t in tensors:
+        nbytes = t.numel() * t.element_size()
+        if nbytes > chunk_bytes:
+            copy = torch.empty(t.shape, dtype=t.dtype, pin_memory=pin)
+        else:
+            start = -(-used // align) * align
+            if chunk is None or start + nbytes > chunk_bytes:
+                chunk, start = torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=pin), 0
+            used = start + nbytes
+            copy = chunk[start:used].view(t.dtype).view(t.shape)
+        copies.append(copy.copy_(t.detach()))
+    return copies
+
+
 class ExpertPlacement:
     """Which expert's frozen weights are on the compute device; the others' point at their pinned host copy."""
 
@@ -57,7 +82,8 @@ class ExpertPlacement:
         self._host: list[dict] = []
         if self.active:  # only the frozen base weights travel; LoRA weights ("lora_" in the name) stay put
             for transformer in transformers:  # VideoModel.from_pretrained left expert 0 on the GPU, the rest on the host
-                self._host.append({id(t): t.data.to("cpu").pin_memory() for t in self._frozen(transformer)})
+                frozen = list(self._frozen(transformer))
+                self._host.append(dict(zip(map(id, frozen), packed_host_copies([t.data for t in frozen]))))
             for other in range(1, len(transformers)):
                 for t in self._frozen(transformers[other]):
                     t.data = self._host[other][id(t)]

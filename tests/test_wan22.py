@@ -331,3 +331,31 @@ def test_train_py_runs_end_to_end_on_both_shapes_and_writes_each_experts_files(t
         for expert in model.transformers:  # every expert's LoRA trained: no B factor is still its initial 0
             factors_b = [p for key, p in expert.named_parameters() if ".default." in key and "lora_B" in key]
             assert factors_b and all(p.abs().sum() > 0 for p in factors_b)
+
+
+def test_packed_host_copies_keep_every_tensor_and_fill_whole_chunks():
+    """experts.packed_host_copies (pageable here: a CPU cannot pin): each copy equals its tensor (dtype, shape,
+    values, a copy not an alias), small tensors share exact-size chunks at aligned offsets, a tensor larger than a
+    chunk gets its own buffer. Hand-worked: chunk 4096 B, align 512; sizes 1000, 1200, 3000 B, 16 B, 0 B, 5000 B ->
+    offsets 0 and 1024 in chunk 1 (1024 + 1200 = 2224; the next, 2560 + 3000 > 4096, opens chunk 2 at 0), 16 B at
+    3072 of chunk 2, the empty tensor anywhere, 5000 B alone."""
+    from experts import packed_host_copies
+
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
+    tensors = [torch.randn(250, generator=generator),                                  # fp32 1000 B
+               torch.randn(20, 30, generator=generator).to(torch.bfloat16),            # 1200 B
+               torch.randn(750, generator=generator),                                  # 3000 B
+               torch.randint(0, 9, (2,), generator=generator),                         # int64 16 B
+               torch.zeros(0, 3),                                                      # 0 B
+               torch.randn(2500, generator=generator).half()]                          # 5000 B
+    copies = packed_host_copies(tensors, chunk_bytes=4096, align=512, pin=False)
+    for t, c in zip(tensors, copies):
+        assert c.dtype == t.dtype and c.shape == t.shape and torch.equal(c, t)
+    bases = [c.untyped_storage().data_ptr() for c in copies]
+    offsets = [c.data_ptr() - b for c, b in zip(copies, bases)]
+    assert bases[0] == bases[1] != bases[2] == bases[3] != bases[5]
+    assert offsets[:4] == [0, 1024, 0, 3072]                                           # (an empty tensor has no address)
+    assert [copies[i].untyped_storage().nbytes() for i in (0, 2)] == [4096, 4096]
+    assert copies[5].untyped_storage().nbytes() == 5000
+    tensors[0].add_(1)
+    assert not torch.equal(copies[0], tensors[0])                                      # a copy, not a view of it
