@@ -24,6 +24,12 @@ QUICK = ["--model", "tiny", "--frames", "5", "--height", "64", "--width", "64", 
          "--dpo-identity-steps", "4", "--dpo-dynamic-steps", "4", "--num-prompts", "2", "--videos-per-prompt", "3",
          "--static-videos", "2", "--eval-prompts", "1", "--eval-seeds", "1", "--sample-steps", "2",
          "--checkpoint-every", "2", "--rank", "4", "--dyn-margin", "0.05", "--tau-dyn", "100"]
+# QUICK with the fast mode and a third reward (a prompt judge, the tiny CLIP): the flags of the one whole run
+# below, which every test of a finished run reads, and of the killed runs compared with it.
+def quick_fast_judged(tiny_clip) -> list[str]:
+    return [*QUICK, "--cfg-interval", "2", "--judge", f"clip:{tiny_clip}"]
+
+
 TRAINING_STAGES = {"identity": 2e-3, "dpo_identity_round0": 2e-5, "dpo_dynamic_round0": 2e-5}  # stage: its lr
 WARMUP = 10  # train.py's default --warmup
 
@@ -42,12 +48,19 @@ def train(args, **kwargs):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def test_tiny_run_produces_every_output(tmp_path, tiny_clip):
-    out = tmp_path / "run"
-    process = train(["--ref", astronaut(tmp_path), "--out", str(out), *QUICK, "--cfg-interval", "2",  # fast mode
-                     "--judge", f"clip:{tiny_clip}"])                                                    # 3rd reward
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory, tiny_clip):
+    """One uninterrupted tiny run in fast mode with a prompt judge: the run whose outputs the tests below check,
+    and the reference the killed runs are compared with; returns its folder."""
+    tmp_path = tmp_path_factory.mktemp("whole")
+    process = train(["--ref", astronaut(tmp_path), "--out", str(tmp_path / "run"), *quick_fast_judged(tiny_clip)])
     _, err = process.communicate(timeout=600)
     assert process.returncode == 0, err[-3000:]
+    return tmp_path / "run"
+
+
+def test_tiny_run_produces_every_output(whole_run, tmp_path, tiny_clip):
+    out = whole_run  # --cfg-interval 2 (fast mode), --judge clip (3rd reward)
     for name in ("identity_lora", "magicid_lora"):
         assert (out / name / "pytorch_lora_weights.safetensors").is_file()
     assert (out / "report.html").stat().st_size > 10_000
@@ -61,19 +74,11 @@ def test_tiny_run_produces_every_output(tmp_path, tiny_clip):
     stages = {line.split('"stage": "')[1].split('"')[0] for line in (out / "log.jsonl").read_text().splitlines()}
     assert {"identity", "setup"} <= stages
     # A second start without --resume refuses to overwrite the run.
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
     again = train(["--ref", astronaut(tmp_path), "--out", str(out), *QUICK])
     _, err = again.communicate(timeout=120)
     assert again.returncode != 0 and "--resume" in err
-
-
-@pytest.fixture(scope="module")
-def whole_run(tmp_path_factory):
-    """One uninterrupted tiny run: the reference the killed runs are compared with; returns its folder."""
-    tmp_path = tmp_path_factory.mktemp("whole")
-    process = train(["--ref", astronaut(tmp_path), "--out", str(tmp_path / "run"), *QUICK])
-    _, err = process.communicate(timeout=600)
-    assert process.returncode == 0, err[-3000:]
-    return tmp_path / "run"
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == before  # untouched
 
 
 def read_log(run_dir):
@@ -116,7 +121,8 @@ def test_every_stage_is_timed_once_in_order_with_its_units(whole_run):
         assert len(steps) == row["units"] and all(s >= 0 for s in steps) and sum(steps) <= row["seconds"]
 
 
-def test_a_run_killed_right_after_a_checkpoint_in_each_stage_resumes_to_the_same_lora(whole_run, tmp_path, held_train):
+def test_a_run_killed_right_after_a_checkpoint_in_each_stage_resumes_to_the_same_lora(whole_run, tmp_path, held_train,
+                                                                                      tiny_clip):
     # Killed (SIGKILL: no clean-up) right after the first checkpoint of each training stage is on disk, so
     # each resume restores a mid-stage checkpoint: LoRA and AdamW moments after exactly k steps. A
     # checkpoint taken before optimizer.step, or moments not restored, would make the LoRA differ.
@@ -125,7 +131,7 @@ def test_a_run_killed_right_after_a_checkpoint_in_each_stage_resumes_to_the_same
     steps = {stage: int(QUICK[QUICK.index(flag) + 1]) for stage, flag in
              zip(TRAINING_STAGES, ("--identity-steps", "--dpo-identity-steps", "--dpo-dynamic-steps"))}
     for k, stage in enumerate(TRAINING_STAGES):
-        argv = ["--ref", ref, "--out", str(out), *(["--resume"] if k else []), *QUICK]
+        argv = ["--ref", ref, "--out", str(out), *(["--resume"] if k else []), *quick_fast_judged(tiny_clip)]
         held = held_train(tmp_path / f"hold{k}", argv, stage, cwd=REPO, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
         held.wait_until_held()
@@ -134,7 +140,7 @@ def test_a_run_killed_right_after_a_checkpoint_in_each_stage_resumes_to_the_same
         state = json.loads((out / "state.json").read_text())
         last = int(state["latest"][stage].rsplit("step-", 1)[1])
         assert stage not in state["done"] and last < steps[stage], f"killed too late: {stage} was past its last checkpoint"
-    resumed = train(["--ref", ref, "--out", str(out), "--resume", *QUICK])
+    resumed = train(["--ref", ref, "--out", str(out), "--resume", *quick_fast_judged(tiny_clip)])
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
 
