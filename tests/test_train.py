@@ -3,6 +3,7 @@ and a run killed after any checkpoint resumes exactly."""
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -24,12 +25,6 @@ QUICK = ["--model", "tiny", "--frames", "5", "--height", "64", "--width", "64", 
          "--dpo-identity-steps", "4", "--dpo-dynamic-steps", "4", "--num-prompts", "2", "--videos-per-prompt", "3",
          "--static-videos", "2", "--eval-prompts", "1", "--eval-seeds", "1", "--sample-steps", "2",
          "--checkpoint-every", "2", "--rank", "4", "--dyn-margin", "0.05", "--tau-dyn", "100"]
-# QUICK with the fast mode and a third reward (a prompt judge, the tiny CLIP): the flags of the one whole run
-# below, which every test of a finished run reads, and of the killed runs compared with it.
-def quick_fast_judged(tiny_clip) -> list[str]:
-    return [*QUICK, "--cfg-interval", "2", "--judge", f"clip:{tiny_clip}"]
-
-
 TRAINING_STAGES = {"identity": 2e-3, "dpo_identity_round0": 2e-5, "dpo_dynamic_round0": 2e-5}  # stage: its lr
 WARMUP = 10  # train.py's default --warmup
 
@@ -43,24 +38,25 @@ def astronaut(tmp_path) -> str:
     return str(path)
 
 
+def quick_fast_judged(tiny_clip) -> list[str]:
+    """QUICK in fast mode with a third reward (a prompt judge: the tiny CLIP): the flags of conftest's whole_run,
+    and of the runs compared with it."""
+    return [*QUICK, "--cfg-interval", "2", "--judge", f"clip:{tiny_clip}"]
+
+
+def one_thread() -> dict:
+    """The environment of a run compared bitwise with conftest's whole_run: one thread, as it ran (a matmul's
+    summation order depends on the thread count)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def train(args, **kwargs):
     return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def whole_run(tmp_path_factory, tiny_clip):
-    """One uninterrupted tiny run in fast mode with a prompt judge: the run whose outputs the tests below check,
-    and the reference the killed runs are compared with; returns its folder."""
-    tmp_path = tmp_path_factory.mktemp("whole")
-    process = train(["--ref", astronaut(tmp_path), "--out", str(tmp_path / "run"), *quick_fast_judged(tiny_clip)])
-    _, err = process.communicate(timeout=600)
-    assert process.returncode == 0, err[-3000:]
-    return tmp_path / "run"
-
-
 def test_tiny_run_produces_every_output(whole_run, tmp_path, tiny_clip):
-    out = whole_run  # --cfg-interval 2 (fast mode), --judge clip (3rd reward)
+    out = whole_run  # conftest's: --cfg-interval 2 (fast mode), --judge clip (3rd reward)
     for name in ("identity_lora", "magicid_lora"):
         assert (out / name / "pytorch_lora_weights.safetensors").is_file()
     assert (out / "report.html").stat().st_size > 10_000
@@ -133,14 +129,14 @@ def test_a_run_killed_right_after_a_checkpoint_in_each_stage_resumes_to_the_same
     for k, stage in enumerate(TRAINING_STAGES):
         argv = ["--ref", ref, "--out", str(out), *(["--resume"] if k else []), *quick_fast_judged(tiny_clip)]
         held = held_train(tmp_path / f"hold{k}", argv, stage, cwd=REPO, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+                          stderr=subprocess.PIPE, text=True, env=one_thread())
         held.wait_until_held()
         held.process.send_signal(signal.SIGKILL)
         held.process.wait()
         state = json.loads((out / "state.json").read_text())
         last = int(state["latest"][stage].rsplit("step-", 1)[1])
         assert stage not in state["done"] and last < steps[stage], f"killed too late: {stage} was past its last checkpoint"
-    resumed = train(["--ref", ref, "--out", str(out), "--resume", *quick_fast_judged(tiny_clip)])
+    resumed = train(["--ref", ref, "--out", str(out), "--resume", *quick_fast_judged(tiny_clip)], env=one_thread())
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
 
