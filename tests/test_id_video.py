@@ -162,7 +162,7 @@ def test_the_neighbour_search_takes_only_a_face_of_the_neighbours_size():
 
 @pytest.fixture(scope="module")
 def dev_scores(scorer, videos):
-    return [scorer.score(video) for video in videos.values()]  # B.score_dev_videos's rows; ~60 s CPU: 18 x 16 frames
+    return [scorer.score(video) for video in videos.values()]  # B.score_dev_videos' rows; ~75 s CPU: 18 x 16 frames
 
 
 @pytest.mark.slow
