@@ -141,8 +141,8 @@ class HeldTrain:
         write_hold(folder)
         self.gate = folder / "gate"
         os.mkfifo(self.gate)
-        self.process = subprocess.Popen([sys.executable, str(folder / "hold.py"), *argv],
-                                        env={**os.environ, "HOLD_STAGE": stage, "HOLD_GATE": str(self.gate)}, **popen)
+        env = {**popen.pop("env", os.environ), "HOLD_STAGE": stage, "HOLD_GATE": str(self.gate)}
+        self.process = subprocess.Popen([sys.executable, str(folder / "hold.py"), *argv], env=env, **popen)
 
     def wait_until_held(self, timeout: float = 600) -> None:
         """Return once the run waits at the hold; fail if it ended first. (The run cannot pass the hold, so the
@@ -166,3 +166,18 @@ class HeldTrain:
 def held_train():
     """HeldTrain(folder, argv, stage): train.py with argv, held after the first checkpoint of `stage`."""
     return HeldTrain
+
+
+@pytest.fixture(scope="session")
+def whole_run(tmp_path_factory, tiny_clip):
+    """One uninterrupted tiny train.py run, on one thread, with tests/test_train.py's quick_fast_judged flags (every
+    stage, fast mode, a CLIP judge); its folder. The finished run test_train.py checks and compares its killed
+    runs with, and the one process tests/test_parallel.py compares two with: made once for both (~20 s)."""
+    from test_train import astronaut, one_thread, quick_fast_judged, train
+
+    folder = tmp_path_factory.mktemp("whole")
+    process = train(["--ref", astronaut(folder), "--out", str(folder / "run"), *quick_fast_judged(tiny_clip)],
+                    env=one_thread())
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+    return folder / "run"

@@ -3,6 +3,7 @@ and a run killed after any checkpoint resumes exactly."""
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -37,17 +38,25 @@ def astronaut(tmp_path) -> str:
     return str(path)
 
 
+def quick_fast_judged(tiny_clip) -> list[str]:
+    """QUICK in fast mode with a third reward (a prompt judge: the tiny CLIP): the flags of conftest's whole_run,
+    and of the runs compared with it."""
+    return [*QUICK, "--cfg-interval", "2", "--judge", f"clip:{tiny_clip}"]
+
+
+def one_thread() -> dict:
+    """The environment of a run compared bitwise with conftest's whole_run: one thread, as it ran (a matmul's
+    summation order depends on the thread count)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def train(args, **kwargs):
     return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def test_tiny_run_produces_every_output(tmp_path, tiny_clip):
-    out = tmp_path / "run"
-    process = train(["--ref", astronaut(tmp_path), "--out", str(out), *QUICK, "--cfg-interval", "2",  # fast mode
-                     "--judge", f"clip:{tiny_clip}"])                                                    # 3rd reward
-    _, err = process.communicate(timeout=600)
-    assert process.returncode == 0, err[-3000:]
+def test_tiny_run_produces_every_output(whole_run, tmp_path, tiny_clip):
+    out = whole_run  # conftest's: --cfg-interval 2 (fast mode), --judge clip (3rd reward)
     for name in ("identity_lora", "magicid_lora"):
         assert (out / name / "pytorch_lora_weights.safetensors").is_file()
     assert (out / "report.html").stat().st_size > 10_000
@@ -61,19 +70,11 @@ def test_tiny_run_produces_every_output(tmp_path, tiny_clip):
     stages = {line.split('"stage": "')[1].split('"')[0] for line in (out / "log.jsonl").read_text().splitlines()}
     assert {"identity", "setup"} <= stages
     # A second start without --resume refuses to overwrite the run.
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
     again = train(["--ref", astronaut(tmp_path), "--out", str(out), *QUICK])
     _, err = again.communicate(timeout=120)
     assert again.returncode != 0 and "--resume" in err
-
-
-@pytest.fixture(scope="module")
-def whole_run(tmp_path_factory):
-    """One uninterrupted tiny run: the reference the killed runs are compared with; returns its folder."""
-    tmp_path = tmp_path_factory.mktemp("whole")
-    process = train(["--ref", astronaut(tmp_path), "--out", str(tmp_path / "run"), *QUICK])
-    _, err = process.communicate(timeout=600)
-    assert process.returncode == 0, err[-3000:]
-    return tmp_path / "run"
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == before  # untouched
 
 
 def read_log(run_dir):
@@ -116,7 +117,8 @@ def test_every_stage_is_timed_once_in_order_with_its_units(whole_run):
         assert len(steps) == row["units"] and all(s >= 0 for s in steps) and sum(steps) <= row["seconds"]
 
 
-def test_a_run_killed_right_after_a_checkpoint_in_each_stage_resumes_to_the_same_lora(whole_run, tmp_path, held_train):
+def test_a_run_killed_right_after_a_checkpoint_in_each_stage_resumes_to_the_same_lora(whole_run, tmp_path, held_train,
+                                                                                      tiny_clip):
     # Killed (SIGKILL: no clean-up) right after the first checkpoint of each training stage is on disk, so
     # each resume restores a mid-stage checkpoint: LoRA and AdamW moments after exactly k steps. A
     # checkpoint taken before optimizer.step, or moments not restored, would make the LoRA differ.
@@ -125,16 +127,16 @@ def test_a_run_killed_right_after_a_checkpoint_in_each_stage_resumes_to_the_same
     steps = {stage: int(QUICK[QUICK.index(flag) + 1]) for stage, flag in
              zip(TRAINING_STAGES, ("--identity-steps", "--dpo-identity-steps", "--dpo-dynamic-steps"))}
     for k, stage in enumerate(TRAINING_STAGES):
-        argv = ["--ref", ref, "--out", str(out), *(["--resume"] if k else []), *QUICK]
+        argv = ["--ref", ref, "--out", str(out), *(["--resume"] if k else []), *quick_fast_judged(tiny_clip)]
         held = held_train(tmp_path / f"hold{k}", argv, stage, cwd=REPO, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+                          stderr=subprocess.PIPE, text=True, env=one_thread())
         held.wait_until_held()
         held.process.send_signal(signal.SIGKILL)
         held.process.wait()
         state = json.loads((out / "state.json").read_text())
         last = int(state["latest"][stage].rsplit("step-", 1)[1])
         assert stage not in state["done"] and last < steps[stage], f"killed too late: {stage} was past its last checkpoint"
-    resumed = train(["--ref", ref, "--out", str(out), "--resume", *QUICK])
+    resumed = train(["--ref", ref, "--out", str(out), "--resume", *quick_fast_judged(tiny_clip)], env=one_thread())
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
 
