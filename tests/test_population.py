@@ -211,3 +211,19 @@ def test_face_latent_mask_by_hand():
     expected = torch.zeros(2, 3, 16, 16)
     expected[0, 1, 6:10, 6:10] = 1
     assert torch.equal(mask, expected)
+
+
+def test_identity_spread_stretches_geometry_about_the_middle_and_the_default_look_is_unchanged():
+    """toyworld/identity_spread.stretched by hand (x' = m + k·(x − m)), and look_of=identity renders what the default does."""
+    from toyworld import identity_spread
+
+    seed = 1_000_650
+    look, wide = identities.identity(seed), identity_spread.stretched(seed, 2.0)
+    assert wide["nose_length"] == pytest.approx(0.27 + 2.0 * (look["nose_length"] - 0.27))
+    assert wide["mouth_y"] == pytest.approx(0.59 + 2.0 * (look["mouth_y"] - 0.59))
+    assert np.array_equal(wide["skin"], look["skin"])                                 # colours are not geometry
+    default, _, _ = identities.render_identity_videos([seed], toy.ToyWorld("cpu", seed=9), 2, 32)
+    same, _, _ = identities.render_identity_videos([seed], toy.ToyWorld("cpu", seed=9), 2, 32, look_of=identities.identity)
+    other, _, _ = identities.render_identity_videos([seed], toy.ToyWorld("cpu", seed=9), 2, 32,
+                                                    look_of=lambda s: identity_spread.stretched(s, 2.0))
+    assert torch.equal(default, same) and not torch.equal(default, other)

@@ -116,14 +116,16 @@ class PopulationWorld:
 
 
 def render_identity_videos(seeds: list[int], world: "toy.ToyWorld", frames: int = 9, size: int = 128,
-                           motions: list[str] | None = None, shots: list[str] | None = None, with_faces: bool = False):
+                           motions: list[str] | None = None, shots: list[str] | None = None, with_faces: bool = False,
+                           look_of=None):
     """One video per identity seed (any seed: the benchmark's held-out ones too), nuisance from world.rng.
     motions / shots: per video (default: drawn). -> videos [n, 3, F, size, size] in [-1, 1], captions, motions
-    (and, with_faces, the head boxes [n, F, 3] of face_boxes)."""
+    (and, with_faces, the head boxes [n, F, 3] of face_boxes). look_of(seed) -> look: another way to draw the
+    identities (default: identity; toyworld/identity_spread.py stretches them)."""
     r, n = world.rng, len(seeds)
     motions = motions or [IDENTITY_MOTIONS[i] for i in r.integers(0, len(IDENTITY_MOTIONS), n)]
     shots = shots or [list(SHOTS)[i] for i in r.choice(2, n, p=[0.7, 0.3])]
-    looks = [{**identity(s), "shirt": r.uniform(0.05, 0.95, 3)} for s in seeds]   # clothes: nuisance
+    looks = [{**(look_of or identity)(s), "shirt": r.uniform(0.05, 0.95, 3)} for s in seeds]   # clothes: nuisance
     cams = np.stack([toy.camera_path(m if m in CAMERA_ONLY else "still", frames, size, r) for m in motions])
     poses = np.stack([pose_path(m, shot, cam, size, r) for m, shot, cam in zip(motions, shots, cams)])  # [n, F, 8]
     videos = people.render_people(world.backgrounds(n), torch.from_numpy(cams).float(),
