@@ -270,7 +270,8 @@ def encode_pool(model, world, args, deadline, autocast, log) -> list[tuple[torch
                 masks.append(face_latent_mask(boxes[0], z.shape[2:], args.size).to(torch.bfloat16))
             captions += caps
         if count and captions:
-            pools.append((torch.cat(latents), captions, torch.cat(masks).to(z.device) if masks else None))
+            latents = torch.cat(latents)
+            pools.append((latents, captions, torch.cat(masks).to(latents.device) if masks else None))
         log("pool", {"frames": frames, "videos": len(captions), "seconds": time.time() - t0})
     return pools
 

@@ -80,16 +80,15 @@ class ToyWorld:
         n_people = int(self.rng.binomial(n, self.people_share))
         if n_people and self.people is None:
             raise ValueError("people_share > 0 needs world.people: people.PeopleWorld(world) or a PopulationWorld")
-        parts = []
+        parts = []                                                             # (videos, captions, motions, boxes)
         if n > n_people:
             parts.append((*self._canvas_batch(n - n_people, frames, size), np.zeros((n - n_people, frames, 3))))
         if n_people:
-            people = self.people.batch(n_people, frames, size, **({"with_faces": True} if with_faces else {}))
-            parts.append(people if with_faces else (*people, None))
-        videos, captions, motions = torch.cat([p[0] for p in parts]), sum((p[1] for p in parts), []), sum((p[2] for p in parts), [])
-        if with_faces:
-            return videos, captions, motions, np.concatenate([p[3] for p in parts])
-        return videos, captions, motions
+            parts.append(self.people.batch(n_people, frames, size, with_faces=True) if with_faces
+                         else (*self.people.batch(n_people, frames, size), None))
+        videos, captions, motions, boxes = zip(*parts)
+        batch = torch.cat(videos), sum(captions, []), sum(motions, [])
+        return (*batch, np.concatenate(boxes)) if with_faces else batch
 
     def _canvas_batch(self, n: int, frames: int, size: int):
         canvas, subjects = self.backgrounds(n, with_subjects=True)          # [n, 3, S, S]
