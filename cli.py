@@ -22,7 +22,7 @@ import torch
 
 import fp8
 from model import LORA_TARGETS, MODEL_PRESETS, ModelLoadError, VideoModel
-from speedups import LOW_MEMORY_BELOW_GIB
+from speedups import KEEP_ATTENTION_TWO_EXPERTS_MIN_GIB, LOW_MEMORY_BELOW_GIB, keeps_attention
 from tiny import TINY_PRESETS
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
@@ -83,8 +83,8 @@ def load_model_from_args(args, gradient_checkpointing: bool = False, checkpoint_
     device = args.device or str(parallel.device())  # under accelerate launch: this process's GPU
     on_gpu = device.startswith("cuda")
     use_bf16 = args.bf16 if args.bf16 is not None else on_gpu
-    low_memory = args.low_memory if args.low_memory is not None else (
-        on_gpu and torch.cuda.get_device_properties(torch.device(device)).total_memory < LOW_MEMORY_BELOW_GIB * 2**30)
+    gpu_gib = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30 if on_gpu else None
+    low_memory = args.low_memory if args.low_memory is not None else (on_gpu and gpu_gib < LOW_MEMORY_BELOW_GIB)
     dtype = torch.bfloat16 if use_bf16 else torch.float32
     if args.fp8 and (reason := fp8.fp8_unsupported(device, dtype)):  # said before the slow load, not after
         raise ModelLoadError(reason)
@@ -93,10 +93,14 @@ def load_model_from_args(args, gradient_checkpointing: bool = False, checkpoint_
         print("low-memory path: text encoder on the CPU between uses, tiled VAE (--no-low-memory turns it off)")
     if args.fp8:
         model.enable_fp8()
+    keep_attention = keeps_attention(gradient_checkpointing, low_memory, len(model.transformers), gpu_gib)
+    if gradient_checkpointing and not low_memory and not keep_attention:
+        print(f"two experts on a {gpu_gib:.0f} GiB GPU: checkpointed blocks recompute attention (keeping it runs out "
+              f"of memory under {KEEP_ATTENTION_TWO_EXPERTS_MIN_GIB} GiB: speedups.py)")
     model.enable_speedups(compile_blocks=args.compile if args.compile is not None else on_gpu,
                           gradient_checkpointing=gradient_checkpointing, checkpoint_blocks=checkpoint_blocks,
                           offload_blocks=offload_blocks,
-                          keep_attention=gradient_checkpointing and not low_memory,  # +9 GiB at 81 frames
+                          keep_attention=keep_attention,  # +9 GiB at 81 frames for Wan2.1
                           attention_backend=args.attention_backend or ("fa4" if on_gpu else None))
     return model
 

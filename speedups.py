@@ -15,7 +15,7 @@ Each switch is one method of model.VideoModel (this class is its speed half); th
 --compile, --grad-checkpointing, --attention-backend and --low-memory (cli.py), with defaults measured on an
 H100 (bench/NOTES.md). The plain path, all off, is the readable default of the code.
 
-Exports: SpeedSwitches, keep_attention_outputs, LOW_MEMORY_BELOW_GIB.
+Exports: SpeedSwitches, keep_attention_outputs, keeps_attention, LOW_MEMORY_BELOW_GIB, KEEP_ATTENTION_TWO_EXPERTS_MIN_GIB.
 """
 
 from __future__ import annotations
@@ -31,6 +31,19 @@ from offload import ActivationOffload
 # 81x480x832 (bench/NOTES.md, "Dress rehearsal"): train.py's default path peaks at 25.7 GiB allocated (29.0 reserved),
 # the low-memory one at 17.2 GiB and completes inside a 24 GiB cap.
 LOW_MEMORY_BELOW_GIB = 40
+# Keeping attention outputs costs the A14B's 32,400-token training pairs ~20 GiB more than recomputing them: train.py's
+# DPO step kept them and ran out of memory on an H100 80GB (73.2 GiB when it failed); recomputing, it ran at 28.5 s a
+# step, 73.8 GiB peak (bench/bench_wan22.py, bench/NOTES.md "Wan2.2 on an H100"). Two-expert models keep them only
+# on GPUs of at least this much memory (an H200's 139 GiB).
+KEEP_ATTENTION_TWO_EXPERTS_MIN_GIB = 120
+
+
+def keeps_attention(gradient_checkpointing: bool, low_memory: bool, num_experts: int, gpu_gib: float | None) -> bool:
+    """train.py's default for keep_attention: checkpointed blocks keep attention outputs unless memory is short
+    (the low-memory path, or a two-expert model on a GPU under KEEP_ATTENTION_TWO_EXPERTS_MIN_GIB; gpu_gib None: CPU)."""
+    if not gradient_checkpointing or low_memory:
+        return False
+    return num_experts == 1 or gpu_gib is None or gpu_gib >= KEEP_ATTENTION_TWO_EXPERTS_MIN_GIB
 
 
 # The attention operators whose outputs selective checkpointing keeps: ours (attention.py) and PyTorch SDPA's kernels.

@@ -66,7 +66,7 @@ import fast_sampling  # noqa: E402
 import tiny  # noqa: E402
 from cli import PRESETS  # noqa: E402
 from model import DEFAULTS, VideoModel  # noqa: E402
-from speedups import LOW_MEMORY_BELOW_GIB  # noqa: E402
+from speedups import LOW_MEMORY_BELOW_GIB, keeps_attention  # noqa: E402
 
 PRESET = PRESETS["published"]  # train.py's preset for a published backbone: 33 frames, r = 64, batch 1
 SMALL_VIDEO = (9, 64, 64)      # --small: frames, height, width
@@ -223,10 +223,12 @@ def measure_dpo(model, args, device, compile_on, deadline, report, speed) -> Non
     optimizer = torch.optim.AdamW(params, lr=PRESET["dpo_lr"], weight_decay=0.0, fused=device == "cuda")
     seed = next(s for s in range(1000)  # a draw whose t falls to the expert on the GPU: the step times no switch
                 if model.expert_of(model.sample_timesteps(1, torch.Generator().manual_seed(s)))[0] == 0)
-    low_memory = device == "cuda" and torch.cuda.get_device_properties(0).total_memory < LOW_MEMORY_BELOW_GIB * 2**30
+    gpu_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if device == "cuda" else None
+    low_memory = gpu_gib is not None and gpu_gib < LOW_MEMORY_BELOW_GIB
+    train_keeps = keeps_attention(True, low_memory, len(model.transformers), gpu_gib)  # what train.py would pick
     report.data["dpo"] = dict(height=height, width=width, rank=rank, targets=targets, rows=[])
     attempts = [(keep, preset) for keep in ([False] if low_memory else [True, False])] + [(False, (preset + 1) // 2)]
-    for keep, frames in attempts:  # train.py's own choice first: keep attention unless the GPU is under 40 GiB
+    for keep, frames in attempts:  # keeping attention first (train.py's choice but for the A14B under 120 GiB)
         S = tokens_of(model, frames, height, width)
         flops = P.dpo_step_flops(model, S, 1, rank)
         batch = P.dpo_batch(model, frames, height, width, 1, device)
@@ -240,7 +242,7 @@ def measure_dpo(model, args, device, compile_on, deadline, report, speed) -> Non
             optimizer.step()
 
         label = (f"{'compiled' if compile_on else 'eager'}, every block checkpointed, "
-                 + ("keeping attention" if keep else "recomputing attention") + (" (train.py's)" * (keep != low_memory)))
+                 + ("keeping attention" if keep else "recomputing attention") + (" (train.py's)" * (keep == train_keeps)))
         estimate = (2 + args.repeats) * 1.25 * flops / (speed["tflops"] * 1e12) + args.compile_allowance_s * compile_on
         if not deadline.allows(estimate):
             report.skip("dpo", f"{label}, {frames} frames", f"~{estimate:.0f} s left out of the budget")

@@ -150,3 +150,15 @@ def test_train_py_checkpointing_keeps_attention_outputs():
     with CountAttention() as counter:
         forward_backward(model, wan_inputs(model))
     assert counter.calls == 2 * len(model.transformer.blocks)
+
+
+def test_two_experts_recompute_attention_on_an_80_gb_gpu():
+    # Measured on an H100 80GB (bench/NOTES.md): the A14B's DPO step keeping attention ran out of memory, recomputing
+    # it fit at 73.8 GiB. One expert keeps it whatever the GPU; two keep it from 120 GiB (an H200) up; the
+    # low-memory path and runs without checkpointing never do; the CPU (no GPU size) keeps it.
+    keeps = speedups.keeps_attention
+    assert keeps(True, False, 1, 79.2) and keeps(True, False, 1, None)
+    assert not keeps(True, False, 2, 79.2)
+    assert keeps(True, False, 2, 139.8) and keeps(True, False, 2, None)
+    assert not keeps(True, True, 1, 79.2) and not keeps(False, False, 1, 139.8)
+    assert not keeps(True, False, 2, speedups.KEEP_ATTENTION_TWO_EXPERTS_MIN_GIB - 0.5)
