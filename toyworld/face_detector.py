@@ -1,0 +1,291 @@
+"""toyworld/face_detector.py — the toy world's own face detector (its RetinaFace), trained on its renders.
+
+Why: the population base draws a face in nearly every frame of a "a person …" video, but dlib's HOG and MTCNN,
+trained on photographs, find it in about half of them (toyworld/README.md, "The toy face detector"). In the real
+method the ID reward's detector (insightface's RetinaFace) finds the faces a video model draws; here that role
+needs a detector that has seen this world's faces, as the toy prompt judge and the toy face encoder do for theirs.
+
+The detector is CenterNet-like (Zhou et al. 2019, "Objects as Points"), a few convolutions on a 128-px frame:
+
+    heat[i, j]  = P(a head's centre falls in cell (i, j))          16 × 16 cells of 8 px       (focal loss)
+    size[i, j]  = log(h / 128) at a centre cell                      h: the head's half-height   (L1)
+    offset      = where in its cell the centre lies, in [0, 1]²                                 (L1)
+
+A face is a local maximum of heat above THRESHOLD. Training boxes come from the renderer (identities.face_boxes:
+the head's centre and half-height, exact); a found head is returned as the box dlib would draw around that face
+(measured on 76 clean renders: width = height = 1.53 h, centred 0.21 h below the head's centre), so everything
+downstream (the aligned crops of face_encoders, the area of the largest face) reads it like a dlib box.
+Training data: identity seeds below 1,000,000 only (held-out ones are refused by the generator), other
+subjects without people as negatives, each frame degraded like a generated one (blur, down- and up-sampling,
+noise, colour, some through the tiny VAE's round trip).
+
+    python toyworld/face_detector.py --minutes 12         # trains, writes weights/toy-face-detector/, ~15 min CPU
+
+Exports: FaceDetectorNet, ToyFaceDetector, THRESHOLD, head_to_face_box, train, main.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SIZE, STRIDE = 128, 8           # px: frames are resized to SIZE²; the heat map has (SIZE / STRIDE)² cells
+THRESHOLD = 0.35                # sigmoid(heat) a face needs (chosen on held-out renders: toyworld/README.md)
+WEIGHTS = ROOT / "weights" / "toy-face-detector"
+FACE_HALF, FACE_BELOW = 0.765, 0.21  # dlib's box around a head of half-height h: ±0.765 h, centred 0.21 h lower
+
+
+class FaceDetectorNet(nn.Module):
+    """[B, 3, 128, 128] in [-1, 1] -> [B, 4, 16, 16]: heat logit, log(h / 128), offset x, offset y (logits).
+    Dilated 3 × 3 convolutions at stride 8 see 143 px: a whole head of any size the world draws."""
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        layers, channels = [], 3
+        for out, stride, dilation in ((16, 2, 1), (32, 2, 1), (width, 2, 1), (width, 1, 2), (width, 1, 4), (width, 1, 2)):
+            layers += [nn.Conv2d(channels, out, 3, stride, padding=dilation, dilation=dilation), nn.ReLU()]
+            channels = out
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Conv2d(channels, 4, 1)
+        nn.init.constant_(self.head.bias[:1], -4.0)  # P(centre) ≈ 0.02 at the start, as CenterNet: no loss spike
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def head_to_face_box(cx: float, cy: float, half: float) -> np.ndarray:
+    """A head (centre, half-height; px) -> the face box [x0, y0, x1, y1] dlib would draw around it."""
+    fy = cy + FACE_BELOW * half
+    return np.array([cx - FACE_HALF * half, fy - FACE_HALF * half, cx + FACE_HALF * half, fy + FACE_HALF * half],
+                    np.float32)
+
+
+class ToyFaceDetector:
+    """detect(frames uint8 [F, H, W, 3]) -> per frame, a list of (face box [4] in the frame's px, score)."""
+
+    def __init__(self, folder: str | Path = WEIGHTS, threshold: float | None = None):
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        if not (folder / "model.safetensors").is_file():
+            raise FileNotFoundError(f"no toy face detector in {folder}: train one with python toyworld/face_detector.py")
+        config = json.loads((folder / "config.json").read_text())
+        self.net = FaceDetectorNet(config["width"]).eval()
+        self.net.load_state_dict(load_file(str(folder / "model.safetensors")))
+        self.threshold = threshold if threshold is not None else config.get("threshold", THRESHOLD)
+
+    @torch.no_grad()
+    def detect(self, frames: np.ndarray) -> list[list[tuple[np.ndarray, float]]]:
+        frames = np.asarray(frames)
+        height, width = frames.shape[1:3]
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1           # [F, 3, H, W]
+        x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
+        scale = np.array([width, height, width, height], np.float32) / SIZE
+        return [[(box * scale, score) for box, score in peaks] for peaks in decode(self.net(x), self.threshold)]
+
+
+def decode(out: torch.Tensor, threshold: float) -> list[list[tuple[np.ndarray, float]]]:
+    """The net's output [B, 4, G, G] -> per image, the faces (box in SIZE px, score), strongest first."""
+    heat = torch.sigmoid(out[:, 0])                                                    # [B, G, G]
+    peaks = (heat == F.max_pool2d(heat[:, None], 3, 1, 1)[:, 0]) & (heat >= threshold)
+    faces = []
+    for b in range(len(out)):
+        found = []
+        for i, j in peaks[b].nonzero().tolist():
+            cx = (j + torch.sigmoid(out[b, 2, i, j]).item()) * STRIDE
+            cy = (i + torch.sigmoid(out[b, 3, i, j]).item()) * STRIDE
+            found.append((head_to_face_box(cx, cy, float(np.exp(out[b, 1, i, j].item())) * SIZE), heat[b, i, j].item()))
+        faces.append(sorted(found, key=lambda face: -face[1]))
+    return faces
+
+
+def targets(heads: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """Heads [B, 3] (centre x, y, half-height in SIZE px; half 0: no one) -> heat [B, G, G] (a Gaussian of
+    σ = max(0.7, half / 3 / STRIDE) cells at the centre), and at the centre cell: mask, log size, offsets."""
+    G = SIZE // STRIDE
+    B = len(heads)
+    heat, mask = torch.zeros(B, G, G), torch.zeros(B, G, G, dtype=torch.bool)
+    size, offset = torch.zeros(B, G, G), torch.zeros(B, 2, G, G)
+    grid = torch.arange(G).float()
+    for b, (cx, cy, half) in enumerate(heads):
+        if half <= 0:
+            continue
+        gx, gy = cx / STRIDE, cy / STRIDE
+        i, j = int(np.clip(gy, 0, G - 1)), int(np.clip(gx, 0, G - 1))
+        sigma = max(0.7, half / 3 / STRIDE)
+        heat[b] = torch.exp(-((grid[None, :] - j) ** 2 + (grid[:, None] - i) ** 2) / (2 * sigma**2))
+        mask[b, i, j] = True
+        size[b, i, j] = float(np.log(half / SIZE))
+        offset[b, :, i, j] = torch.tensor([np.clip(gx - j, 0, 1), np.clip(gy - i, 0, 1)])
+    return heat, mask, size, offset
+
+
+def detector_loss(out: torch.Tensor, heat, mask, size, offset) -> torch.Tensor:
+    """CenterNet's focal loss on the heat map (α = 2, β = 4) + L1 on size and offset at the centre cells."""
+    p = torch.sigmoid(out[:, 0]).clamp(1e-4, 1 - 1e-4)
+    positive = heat >= 1 - 1e-6
+    focal = torch.where(positive, -(1 - p) ** 2 * torch.log(p), -((1 - heat) ** 4) * p**2 * torch.log(1 - p))
+    n = max(1, int(positive.sum()))
+    loss = focal.sum() / n
+    if mask.any():
+        loss = loss + F.l1_loss(out[:, 1][mask], size[mask]) + F.l1_loss(
+            torch.sigmoid(out[:, 2:4].permute(0, 2, 3, 1)[mask]), offset.permute(0, 2, 3, 1)[mask])
+    return loss
+
+
+# ---- training ------------------------------------------------------------------------------------------------
+
+def render_pool(videos: int, seed: int, people_share: float = 0.75, frames: int = 5, vae_share: float = 0.3):
+    """Frames of the pretraining world (identity seeds < 1,000,000; other subjects without people) ->
+    frames uint8 [N, 128, 128, 3], heads [N, 3] (centre x, y, half-height px; 0: no one). A vae_share of the
+    videos go through the tiny-toyworld VAE's round trip, the blur a generated frame has."""
+    from model import VideoModel
+    from toyworld import identities, world as toy
+
+    world = toy.ToyWorld("cpu", seed=seed, people_share=people_share)
+    world.people = identities.PopulationWorld(world)
+    vae = VideoModel.from_pretrained("tiny-toyworld") if vae_share > 0 else None
+    all_frames, all_heads = [], []
+    for start in range(0, videos, 32):
+        clips, _, _, heads = world.batch(min(32, videos - start), frames, SIZE, with_faces=True)
+        clips = toy.to_uint8(clips)                                                       # [n, F, H, W, 3]
+        through_vae = world.rng.random(len(clips)) < vae_share
+        if vae is not None and through_vae.any():
+            with torch.no_grad():
+                clips[through_vae] = vae.decode(vae.encode_video(clips[through_vae]))
+        all_frames.append(clips.reshape(-1, SIZE, SIZE, 3))
+        all_heads.append(heads.reshape(-1, 3))
+    return np.concatenate(all_frames), np.concatenate(all_heads).astype(np.float32)
+
+
+def degrade(x: torch.Tensor, heads: np.ndarray, rng) -> tuple[torch.Tensor, np.ndarray]:
+    """A batch [B, 3, 128, 128] in [-1, 1] made to look generated: a zoom towards the head (the identity stage's
+    close-ups), blur, down- and up-sampling, colour and noise. heads [B, 3] follow the zoom."""
+    x, heads = x.clone(), heads.copy()
+    for b in range(len(x)):
+        if rng.random() < 0.3 and heads[b, 2] > 0:                    # zoom in up to 2x, keeping the head inside
+            z = rng.uniform(1.0, 2.0)
+            side = SIZE / z
+            cx, cy = heads[b, :2]
+            x0 = float(np.clip(cx - rng.uniform(0.3, 0.7) * side, 0, SIZE - side))
+            y0 = float(np.clip(cy - rng.uniform(0.3, 0.7) * side, 0, SIZE - side))
+            crop = x[b:b + 1, :, int(y0):int(y0 + side), int(x0):int(x0 + side)]
+            x[b] = F.interpolate(crop, size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0]
+            heads[b] = [(cx - int(x0)) * SIZE / int(side), (cy - int(y0)) * SIZE / int(side), heads[b, 2] * SIZE / int(side)]
+        if rng.random() < 0.6:                                        # blur, σ up to 1.8 px
+            sigma = rng.uniform(0.3, 1.8)
+            k = torch.arange(-4, 5).float()
+            kernel = torch.exp(-k**2 / (2 * sigma**2))
+            kernel = kernel / kernel.sum()
+            img = x[b:b + 1].transpose(0, 1)                                            # [3, 1, H, W]
+            img = F.conv2d(F.pad(img, (4, 4, 0, 0), mode="replicate"), kernel.view(1, 1, 1, 9))
+            x[b] = F.conv2d(F.pad(img, (0, 0, 4, 4), mode="replicate"), kernel.view(1, 1, 9, 1)).transpose(0, 1)[0]
+        if rng.random() < 0.4:                                        # down to 32-96 px and back
+            small = int(rng.uniform(32, 96))
+            x[b] = F.interpolate(F.interpolate(x[b:b + 1], size=small, mode="area"), size=SIZE, mode="bilinear",
+                                 align_corners=False)[0]
+    gain = torch.from_numpy(rng.uniform(0.75, 1.25, (len(x), 3, 1, 1))).float()
+    shift = torch.from_numpy(rng.uniform(-0.15, 0.15, (len(x), 3, 1, 1))).float()
+    noise = torch.randn_like(x) * torch.from_numpy(rng.uniform(0, 0.08, (len(x), 1, 1, 1))).float()
+    return ((x * gain + shift + noise).clamp(-1, 1)), heads
+
+
+def train(minutes: float, pool_videos: int, seed: int = 0, width: int = 64, batch_size: int = 48, lr: float = 2e-3,
+          out: Path = WEIGHTS) -> dict:
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    start = time.time()
+    frames, heads = render_pool(pool_videos, seed)
+    print(f"pool: {len(frames)} frames, {(heads[:, 2] > 0).mean():.2f} with a person, {time.time() - start:.0f} s", flush=True)
+    pixels = torch.from_numpy(frames).permute(0, 3, 1, 2)                                # uint8 [N, 3, H, W]
+    net = FaceDetectorNet(width)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    deadline, log, step = time.time() + minutes * 60, [], 0
+    while time.time() < deadline:
+        pick = rng.integers(0, len(frames), batch_size)
+        x, h = degrade(pixels[pick].float() / 127.5 - 1, heads[pick], rng)
+        loss = detector_loss(net(x), *targets(h))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if step % 100 == 0:
+            log.append({"step": step, "loss": round(loss.item(), 4), "seconds": round(time.time() - start)})
+            print(log[-1], flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "model.safetensors"))
+    config = {"width": width, "threshold": THRESHOLD, "size": SIZE, "stride": STRIDE, "pool_videos": pool_videos,
+              "seed": seed, "steps": step, "minutes": minutes, "batch_size": batch_size, "lr": lr}
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    (out / "train_log.json").write_text(json.dumps(log))
+    return config
+
+
+def check_on_renders(detector: ToyFaceDetector, identities_n: int = 24, first: int = 1_000_700, seed: int = 7) -> dict:
+    """On held-out identities (seeds from `first`: rendered for evaluation only) and on subjects without people:
+    hit rate (a face found within half a head of the truth), false-positive rate (a face where no one is),
+    clean and degraded (degrade's blur, resampling, colour, noise; no zoom)."""
+    from toyworld import identities, world as toy
+
+    world = toy.ToyWorld("cpu", seed=seed)
+    people, _, _, heads = identities.render_identity_videos(list(range(first, first + identities_n)), world, frames=5,
+                                                            size=SIZE, with_faces=True)
+    canvases = toy.render(world.backgrounds(identities_n), torch.from_numpy(np.stack(
+        [toy.camera_path("still", 5, SIZE, world.rng) for _ in range(identities_n)])).float(), SIZE)
+    rng = np.random.default_rng(seed)
+    result = {}
+    for name, videos, truth in (("people", people, heads), ("no one", canvases, None)):
+        frames = toy.to_uint8(videos).reshape(-1, SIZE, SIZE, 3)
+        for degraded in (False, True):
+            x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+            if degraded:
+                x = degrade_no_zoom(x, rng)
+            found = detector.detect(((x.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
+            key = f"{name}, {'degraded' if degraded else 'clean'}"
+            if truth is None:
+                result[key] = {"false_positive_rate": float(np.mean([bool(f) for f in found]))}
+                continue
+            hits = []
+            for faces, (cx, cy, half) in zip(found, truth.reshape(-1, 3)):
+                centre = head_to_face_box(cx, cy, half)
+                hits.append(any(np.abs((box[:2] + box[2:]) / 2 - (centre[:2] + centre[2:]) / 2).max() < half / 2
+                                for box, _ in faces))
+            result[key] = {"hit_rate": float(np.mean(hits)), "frames": len(hits)}
+    return result
+
+
+def degrade_no_zoom(x: torch.Tensor, rng) -> torch.Tensor:
+    heads = np.zeros((len(x), 3), np.float32)              # no head: degrade's zoom is skipped
+    return degrade(x, heads, rng)[0]
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="measure the shipped detector on held-out renders instead")
+    p.add_argument("--minutes", type=float, default=12.0, help="training time (after rendering the pool)")
+    p.add_argument("--pool-videos", type=int, default=2400, help="videos of 5 frames rendered once, then degraded")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(WEIGHTS))
+    args = p.parse_args(argv)
+    if args.check:
+        result = check_on_renders(ToyFaceDetector(args.out))
+        print(json.dumps(result, indent=1))
+        return result
+    return train(args.minutes, args.pool_videos, args.seed, out=Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
