@@ -57,7 +57,7 @@ BOX_NOISE = {"dx": 0.05, "dy": 0.06, "log_width": 0.08}
 class TrainConfig:
     identities: int = 2000        # identity seeds 0..identities−1 (all < 1,000,000)
     videos: int = 3               # videos per identity (each its own nuisance)
-    frames: int = 5               # frames per video
+    frames: int = 3               # frames per video
     vae_share: float = 0.25       # share of crops that go through the tiny VAE's round trip
     steps: int = 1600
     batch: int = 128
