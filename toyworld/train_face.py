@@ -36,7 +36,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -55,24 +54,37 @@ BOX_NOISE = {"dx": 0.05, "dy": 0.06, "log_width": 0.08}
 
 @dataclass
 class TrainConfig:
-    identities: int = 2000        # identity seeds 0..identities−1 (all < 1,000,000)
-    videos: int = 3               # videos per identity (each its own nuisance)
-    frames: int = 3               # frames per video
-    vae_share: float = 0.25       # share of crops that go through the tiny VAE's round trip
+    identities: int = 2000
+    videos: int = 3
+    frames: int = 3
+    vae_share: float = 0.25
     steps: int = 1600
     batch: int = 128
     lr: float = 2e-3
     weight_decay: float = 5e-4
-    scale: float = 30.0           # CosFace s
-    margin: float = 0.2           # CosFace m
-    check_identities: int = 100   # unseen identities for the end-of-training check (seeds below 1,000,000)
+    scale: float = 30.0
+    margin: float = 0.2
+    check_identities: int = 100
     seed: int = 0
+
+
+HELP = {  # one line per TrainConfig field, for --help
+    "identities": "train on identity seeds 0..N-1 (pretraining seeds: N <= 1,000,000)",
+    "videos": "videos per identity, each with its own pose, light, clothes, background, shot",
+    "frames": "frames per video (each a crop)",
+    "vae_share": "share of the crops that go through the tiny VAE's encode/decode",
+    "steps": "optimizer steps", "batch": "crops per step", "lr": "AdamW learning rate (cosine schedule)",
+    "weight_decay": "AdamW weight decay", "scale": "CosFace scale s", "margin": "CosFace margin m (cosine units)",
+    "check_identities": "identities never trained on (the highest pretraining seeds) for the final check",
+    "seed": "rendering, augmentation and initialisation seed",
+}
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for field in dataclasses.fields(TrainConfig):
-        p.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
+        p.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default,
+                       help=f"{HELP[field.name]} (default {field.default})")
     p.add_argument("--out", default=str(TOYFACE_WEIGHTS), help="folder for model.safetensors, config.json, train_log.json")
     args = p.parse_args(argv)
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
