@@ -16,8 +16,9 @@ head (in this world hair, skin tone and the face's outline are identity), cut ou
 
 (dlib's HOG box is ~0.77 head heights wide, centred 0.09 head heights below the head's centre; the square
 is then ~1.5 head heights: hair and chin in, some background.) ToyFaceNet is a small CNN (0.6 M parameters):
-four stages of 3×3 convs (each halves the side, 64 → 4 px), a global depthwise conv over the last 4×4 map (MobileFaceNet's "GDC": it keeps
-*where* a feature is, which global average pooling would lose), a linear layer to 128 and a unit norm.
+four stages of 3×3 convs (each halves the side, 64 → 4 px), a global depthwise conv over the last 4×4 map
+(MobileFaceNet's "GDC": it keeps *where* a feature is, which global average pooling would lose), a linear
+layer to 128 and a unit norm.
 
 Exports: ToyFaceNet, ToyFaceEncoder, crop_square, face_crop, crops_to_tensor, load_toy_face_net,
 TOYFACE_WEIGHTS, CROP_SIZE, CROP_ENLARGE.
@@ -41,7 +42,7 @@ CROP_ENLARGE = 2.0    # crop side / detector box width: the whole head, hair inc
 
 
 class ToyFaceNet(nn.Module):
-    """crops [B, 3, 64, 64] in [-1, 1] -> unit embeddings [B, dim]. widths: the five conv stages' channels."""
+    """crops [B, 3, 64, 64] in [-1, 1] -> unit embeddings [B, dim]. widths: the four conv stages' channels."""
 
     def __init__(self, widths=(32, 64, 128, 256), dim: int = 128):
         super().__init__()
