@@ -98,3 +98,30 @@ def test_cosface_loss_of_a_hand_worked_example():
     expected = (math.log1p(math.exp(-8)) + math.log1p(math.exp(12))) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert accuracy == 0.5
+
+
+def test_the_trainer_simulates_boxes_where_the_detector_puts_them(encoder):
+    """Training crops come from the renderer's head boxes turned into detector-like boxes; scoring crops come from
+    dlib's. On fresh renders (12 videos × 3 frames) HOG's boxes must sit where the simulation puts them on average:
+    centre offset and width in head half-heights h (here HOG: dx −0.03, dy +0.21, width 1.55; simulated: 0.00, +0.15,
+    1.51 — it mixes in MTCNN's boxes, which sit 0.06·h higher)."""
+    from toyworld.train_face import detector_like_boxes
+
+    videos, _, _, heads = identities.render_identity_videos(list(range(500, 512)), toy.ToyWorld("cpu", seed=9), 3, 128,
+                                                            ["still", "nods", "talks"] * 4, with_faces=True)
+    frames = toy.to_uint8(videos)                                              # [12, 3, 128, 128, 3]
+    found = []                                                                 # (dx, dy, width) / h per face
+    for v in range(12):
+        for f in range(3):
+            faces = encoder.find_faces(frames[v, f])
+            if faces:
+                (x0, y0, x1, y1), (cx, cy, h) = faces[0].box, heads[v, f]
+                found.append(np.array([(x0 + x1) / 2 - cx, (y0 + y1) / 2 - cy, x1 - x0]) / h)
+    assert len(found) >= 18
+    simulated = detector_like_boxes(np.tile(heads, (50, 1, 1)), np.random.default_rng(0))   # [600, 3, 4]
+    cx, cy, h = (np.tile(heads, (50, 1, 1))[..., i] for i in range(3))
+    x0, y0, x1, y1 = (simulated[..., i] for i in range(4))
+    expected = np.array([((x0 + x1) / 2 - cx) / h, ((y0 + y1) / 2 - cy) / h, (x1 - x0) / h]).reshape(3, -1).mean(1)
+    measured = np.mean(found, axis=0)
+    assert abs(measured[0] - expected[0]) < 0.05 and abs(measured[1] - expected[1]) < 0.08, (measured, expected)
+    assert abs(measured[2] / expected[2] - 1) < 0.1, (measured, expected)
