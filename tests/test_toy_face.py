@@ -125,3 +125,17 @@ def test_the_trainer_simulates_boxes_where_the_detector_puts_them(encoder):
     measured = np.mean(found, axis=0)
     assert abs(measured[0] - expected[0]) < 0.05 and abs(measured[1] - expected[1]) < 0.08, (measured, expected)
     assert abs(measured[2] / expected[2] - 1) < 0.1, (measured, expected)
+
+
+def test_the_degrade_blur_is_a_normalised_gaussian():
+    from toyworld.generated_look import blur_videos
+
+    video = torch.zeros(1, 3, 1, 21, 21, dtype=torch.float64)
+    video[..., 10, 10] = 1.0                                   # an impulse in every channel
+    blurred = blur_videos(video, 1.0)
+    taps = np.exp(-0.5 * np.arange(-3, 4) ** 2)                # σ = 1: radius 3, weights e^(−k²/2), normalised
+    taps /= taps.sum()
+    assert blurred.sum().item() == pytest.approx(3.0)          # nothing lost: each channel sums to 1
+    assert blurred[0, 0, 0, 10, 10].item() == pytest.approx(taps[3] ** 2)
+    assert blurred[0, 0, 0, 10, 12].item() == pytest.approx(taps[3] * taps[5])
+    assert torch.allclose(blur_videos(torch.full((1, 3, 2, 8, 8), 0.3), 1.0), torch.tensor(0.3))  # flat stays flat
