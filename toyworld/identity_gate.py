@@ -104,12 +104,13 @@ def measure_gate(seeds: list[int], videos_per_identity: int = 3, stills: int = 4
         for j, ref in enumerate(refs):
             scores[v, j] = identity_from_frames(cosine_to_reference(emb, found, ref), found)
     same = scores[np.arange(len(owners)), owners]
-    diff = np.concatenate([np.delete(scores[v], owners[v]) for v in range(len(owners))])
+    others = [np.delete(scores[v], owners[v]) for v in range(len(owners))]    # r_id of video v | other people
+    diff = np.concatenate(others)
     value = auc(same, diff)
     # The same over the videos whose face was found in at least p_min of the frames: how well the embedding
     # separates people where the detector did its part (r_id shrinks the others toward 0 whoever they show).
     seen = np.array(hits) >= MIN_FACE_PRESENCE                                 # [videos]
-    diff_seen = np.concatenate([np.delete(scores[v], owners[v]) for v in range(len(owners)) if seen[v]] or [[]])
+    diff_seen = np.concatenate([row for row, with_face in zip(others, seen) if with_face] or [[]])
     return {"backend": encoder.name, "degrade_sigma": degrade, "seeds": seeds, "videos": len(owners), "auc": value,
             "face_hit_rate": float(np.mean(hits)), "same_mean": float(same.mean()), "diff_mean": float(diff.mean()),
             "gap": float(same.mean() - diff.mean()), "videos_with_faces": int(seen.sum()),
