@@ -193,8 +193,9 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
     r = p.add_argument_group("repository, rewards and pairs")
     preset_arg(r, "--num-prompts", "repository prompts used from --prompts", type=int)
     preset_arg(r, "--videos-per-prompt", "K videos per prompt and model", type=int)
-    r.add_argument("--id-backend", default="auto", choices=["auto", "dlib", "insightface"], help="ID encoder")
-    r.add_argument("--id-model-root", default=None, help="insightface model pack folder")
+    r.add_argument("--id-backend", default="auto", choices=["auto", "dlib", "insightface", "toyface"],
+                   help="ID encoder (toyface: the toy world's, toy_face.py)")
+    r.add_argument("--id-model-root", default=None, help="insightface model pack folder (toyface: its weights folder)")
     r.add_argument("--judge", default=None, help="prompt reward r_sem: clip:DIR (a local CLIP folder) or vlm:DIR (a "
                                                  "local VLM folder, the paper's choice); None: r_sem off")
     r.add_argument("--sem-floor", type=float, default=None,

@@ -281,7 +281,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=None, help="video width, px (multiple of 16)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps")
     parser.add_argument("--id-frames", type=int, default=16, help="frames per video scored for r_id and the ID curve")
-    parser.add_argument("--id-backend", default="auto", choices=["auto", "dlib", "insightface"],
+    parser.add_argument("--id-backend", default="auto", choices=["auto", "dlib", "insightface", "toyface"],
                         help="face encoder for r_id (auto: insightface ArcFace when its model pack is on disk)")
     parser.add_argument("--id-model-root", default=None, help="insightface model pack folder")
     parser.add_argument("--clip", default=None,

@@ -1,9 +1,11 @@
 """faces.py — who is in a picture: the ID encoder to use, and the reference photos of the person to customize.
 
 The ID reward of MagicID (METHOD.md, "Rewards") compares identity embeddings e (unit vectors) of
-faces: two faces are the same person when cos(e1, e2) is high. Two backends answer one interface
-(face_encoders.py): "dlib" (face_encoders.py, offline, weights from pip, D = 128) and "insightface"
-(arcface.py: ArcFace, D = 512, the paper's choice). make_face_encoder picks one and says which.
+faces: two faces are the same person when cos(e1, e2) is high. Three backends answer one interface
+(face_encoders.py): "dlib" (face_encoders.py, offline, weights from pip, D = 128), "insightface"
+(arcface.py: ArcFace, D = 512, the paper's choice) and "toyface" (toy_face.py: the toy world's own
+encoder, dlib's detector + a CNN trained on the world's people, D = 128). make_face_encoder picks one
+and says which.
 
 Reference photos (MagicID's input: 1..N photos of one person) are read here, EXIF-upright and
 checked at the door: load_references finds the one face of each photo (the largest, with a warning,
@@ -11,7 +13,8 @@ if several), embeds it, and keeps ē = normalize(mean_i e_i), the embedding r_id
 Anything unusable raises one ReferencePhotoError naming the file and the fix. Photos of different
 people given as one person's are told apart before anything heavy loads: different_people_message.
 
-Imports flow one way: face_encoders -> arcface -> faces -> rewards -> judges.
+Imports flow one way: face_encoders -> arcface, toy_face -> faces -> rewards -> judges (toy_face, which
+needs torch, only when asked for).
 
 Exports: make_face_encoder; load_references, References, ReferencePhotoError, read_photo,
 mean_unit_embedding, different_people_message; and, from face_encoders, Face, FaceEncoder,
@@ -38,16 +41,21 @@ MIN_PHOTO_SIDE = 64     # px; below this no detector finds a face worth an ident
 
 def make_face_encoder(backend: str = "auto", model_root: str | Path | None = None) -> FaceEncoder:
     """The ID encoder. backend: "auto" (insightface when a pack is on disk or model_root is a
-    .onnx, else dlib), "dlib" or "insightface" (a missing pack is downloaded: arcface.download_pack). model_root
-    (insightface): a pack folder, a folder of packs (default ~/.insightface/models), or one recognition .onnx.
-    Prints which backend runs."""
-    if backend not in ("auto", "dlib", "insightface"):
-        raise ValueError(f"unknown ID backend {backend!r}: use 'auto', 'dlib' or 'insightface'")
+    .onnx, else dlib), "dlib", "insightface" (a missing pack is downloaded: arcface.download_pack) or "toyface"
+    (the toy world's, never picked by "auto"). model_root (insightface): a pack folder, a folder of packs
+    (default ~/.insightface/models), or one recognition .onnx; (toyface) its weights folder (default
+    weights/toyface). Prints which backend runs."""
+    if backend not in ("auto", "dlib", "insightface", "toyface"):
+        raise ValueError(f"unknown ID backend {backend!r}: use 'auto', 'dlib', 'insightface' or 'toyface'")
     root = Path(model_root).expanduser() if model_root is not None else arcface.INSIGHTFACE_ROOT
     if backend == "auto":
         backend = "insightface" if root.suffix == ".onnx" or arcface.find_pack(root) is not None else "dlib"
     if backend == "dlib":
         encoder = DlibFaceEncoder()
+    elif backend == "toyface":
+        import toy_face
+
+        encoder = toy_face.ToyFaceEncoder(model_root if model_root is not None else toy_face.TOYFACE_WEIGHTS)
     elif root.suffix == ".onnx":
         encoder = arcface.InsightFaceEncoder.from_recognizer_onnx(root)
     else:
