@@ -1,4 +1,4 @@
-"""toy_face.py — the toy world's own face-embedding model: the toy analogue of ArcFace (issue 26).
+"""toy_face.py — the toy world's own face model, detector and embedding: the toy analogue of RetinaFace + ArcFace (issue 26).
 
 MagicID's ID reward r_id compares ArcFace embeddings, and ArcFace was trained to tell *real* people
 apart. dlib's descriptor, the offline backend, was too, and on the toy world's procedural people it
@@ -7,9 +7,9 @@ generated videos 0.91-0.94: toyworld/README.md). So the toy world gets what real
 embedding network trained on the population it will score, seeds < 1,000,000 (toyworld/train_face.py),
 robust to what the tiny video model does to a face (blur, low resolution, colour shifts, the VAE's round trip).
 
-Detection is dlib's, unchanged (HOG, then MTCNN and the neighbour-frame search in videos: face_encoders.py,
-face_tracks.py). Only the embedding differs: the detected box is enlarged to a square that holds the whole
-head (in this world hair, skin tone and the face's outline are identity), cut out and embedded:
+Detection is the toy world's own too (toy_face.ToyFaceDetector, trained by toyworld/train_face_detector.py: it returns the box dlib would draw around the
+face it finds, so the geometry below holds for both). The detected box is enlarged to a square that holds the
+whole head (in this world hair, skin tone and the face's outline are identity), cut out and embedded:
 
     box (x0, y0, x1, y1)  ->  square of side CROP_ENLARGE · (x1 − x0) around the box's centre
                           ->  crop [CROP_SIZE, CROP_SIZE, 3]  ->  ToyFaceNet  ->  e [128], ‖e‖ = 1
@@ -20,7 +20,7 @@ four stages of 3×3 convs (each halves the side, 64 → 4 px), a global depthwis
 (MobileFaceNet's "GDC": it keeps *where* a feature is, which global average pooling would lose), a linear
 layer to 128 and a unit norm.
 
-Exports: ToyFaceNet, ToyFaceEncoder, crop_square, face_crop, crops_to_tensor, load_toy_face_net,
+Exports: ToyFaceNet, ToyFaceEncoder, FaceDetectorNet, ToyFaceDetector, decode, head_to_face_box, crop_square, face_crop, crops_to_tensor, load_toy_face_net,
 TOYFACE_WEIGHTS, CROP_SIZE, CROP_ENLARGE.
 """
 
@@ -32,9 +32,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from face_encoders import DlibFaceEncoder, Face, box_array
+from face_encoders import Face, FaceEncoder, box_array
 
 TOYFACE_WEIGHTS = Path(__file__).resolve().parent / "weights" / "toyface"
 CROP_SIZE = 64        # px: the network's input side
@@ -108,23 +109,114 @@ def load_toy_face_net(folder: str | Path = TOYFACE_WEIGHTS) -> ToyFaceNet:
     return net.eval()
 
 
-class ToyFaceEncoder(DlibFaceEncoder):
-    """face_encoders' interface with dlib's detection (find_faces, find_video_faces: HOG + MTCNN + tracks)
-    and ToyFaceNet's embedding of the enlarged crop. The `crop` of each Face is the network's input."""
+# ---- the detector (toyworld/train_face_detector.py trains it) ---------------------------------------------------
+
+SIZE, STRIDE = 128, 8           # px: frames are resized to SIZE²; the heat map has (SIZE / STRIDE)² cells
+THRESHOLD = 0.35                # sigmoid(heat) a face needs (chosen on held-out renders: toyworld/README.md)
+DETECTOR_WEIGHTS = Path(__file__).resolve().parent / "weights" / "toy-face-detector"
+FACE_HALF, FACE_BELOW = 0.765, 0.21  # dlib's box around a head of half-height h: ±0.765 h, centred 0.21 h lower
+
+
+class FaceDetectorNet(nn.Module):
+    """[B, 3, 128, 128] in [-1, 1] -> [B, 4, 16, 16]: heat logit, log(h / 128), offset x, offset y (logits).
+    Dilated 3 × 3 convolutions at stride 8 see 143 px: a whole head of any size the world draws."""
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        layers, channels = [], 3
+        for out, stride, dilation in ((16, 2, 1), (32, 2, 1), (width, 2, 1), (width, 1, 2), (width, 1, 4), (width, 1, 2)):
+            layers += [nn.Conv2d(channels, out, 3, stride, padding=dilation, dilation=dilation), nn.ReLU()]
+            channels = out
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Conv2d(channels, 4, 1)
+        nn.init.constant_(self.head.bias[:1], -4.0)  # P(centre) ≈ 0.02 at the start, as CenterNet: no loss spike
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def head_to_face_box(cx: float, cy: float, half: float) -> np.ndarray:
+    """A head (centre, half-height; px) -> the face box [x0, y0, x1, y1] dlib would draw around it."""
+    fy = cy + FACE_BELOW * half
+    return np.array([cx - FACE_HALF * half, fy - FACE_HALF * half, cx + FACE_HALF * half, fy + FACE_HALF * half],
+                    np.float32)
+
+
+class ToyFaceDetector:
+    """detect(frames uint8 [F, H, W, 3]) -> per frame, a list of (face box [4] in the frame's px, score)."""
+
+    def __init__(self, folder: str | Path = DETECTOR_WEIGHTS, threshold: float | None = None):
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        if not (folder / "model.safetensors").is_file():
+            raise FileNotFoundError(f"no toy face detector in {folder}: train one with python toyworld/train_face_detector.py")
+        config = json.loads((folder / "config.json").read_text())
+        self.net = FaceDetectorNet(config["width"]).eval()
+        self.net.load_state_dict(load_file(str(folder / "model.safetensors")))
+        self.threshold = threshold if threshold is not None else config.get("threshold", THRESHOLD)
+
+    @torch.no_grad()
+    def detect(self, frames: np.ndarray) -> list[list[tuple[np.ndarray, float]]]:
+        frames = np.asarray(frames)
+        height, width = frames.shape[1:3]
+        x = torch.from_numpy(np.array(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1  # [F, 3, H, W] (a copy)
+        x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
+        scale = np.array([width, height, width, height], np.float32) / SIZE
+        return [[(box * scale, score) for box, score in peaks] for peaks in decode(self.net(x), self.threshold)]
+
+
+def decode(out: torch.Tensor, threshold: float) -> list[list[tuple[np.ndarray, float]]]:
+    """The net's output [B, 4, G, G] -> per image, the faces (box in SIZE px, score), strongest first."""
+    heat = torch.sigmoid(out[:, 0])                                                    # [B, G, G]
+    peaks = (heat == F.max_pool2d(heat[:, None], 3, 1, 1)[:, 0]) & (heat >= threshold)
+    faces = []
+    for b in range(len(out)):
+        found = []
+        for i, j in peaks[b].nonzero().tolist():
+            cx = (j + torch.sigmoid(out[b, 2, i, j]).item()) * STRIDE
+            cy = (i + torch.sigmoid(out[b, 3, i, j]).item()) * STRIDE
+            found.append((head_to_face_box(cx, cy, float(np.exp(out[b, 1, i, j].item())) * SIZE), heat[b, i, j].item()))
+        kept = []  # a big head can peak in two cells: a weaker face centred inside a stronger one's box is the same
+        for box, score in sorted(found, key=lambda face: -face[1]):
+            centre = (box[:2] + box[2:]) / 2
+            if not any((k[:2] <= centre).all() and (centre <= k[2:]).all() for k, _ in kept):
+                kept.append((box, score))
+        faces.append(kept)
+    return faces
+
+
+class ToyFaceEncoder(FaceEncoder):
+    """face_encoders' interface with the toy world's own detector (ToyFaceDetector above: it finds the faces the
+    tiny models draw, which dlib's HOG and MTCNN miss half the time) and ToyFaceNet's embedding of the enlarged
+    crop. The `crop` of each Face is the network's input."""
 
     name = "toyface"
     dim = 128
+    # Detector score for "surely a face" (the several-people warning on reference photos): reference stills of 4
+    # held-out identities scored 0.93-0.97; the same stills with that face painted over (faces.py's second search)
+    # still show a head, which scored up to 0.84.
+    CONFIDENT = 0.9
 
-    def __init__(self, folder: str | Path = TOYFACE_WEIGHTS, video_search: bool = True):
-        super().__init__(video_search=video_search)
+    def __init__(self, folder: str | Path = TOYFACE_WEIGHTS, detector_folder: str | Path | None = None):
         self.folder = Path(folder)
         self.model = load_toy_face_net(self.folder)
         self.dim = self.model.dim
+        self.detector = ToyFaceDetector(detector_folder or DETECTOR_WEIGHTS)
 
     def describe(self) -> str:
-        search = "; video frames: + MTCNN + neighbour-frame search" if self.mtcnn else "; HOG frame by frame"
-        return (f"toyface (dlib HOG detector, the toy world's face CNN on a {CROP_ENLARGE:g}× head crop, "
-                f"{self.dim}-d, {self.folder}{search})")
+        return (f"toyface (the toy world's face detector and face CNN on a {CROP_ENLARGE:g}× head crop, "
+                f"{self.dim}-d, {self.folder})")
+
+    def find_faces(self, image: np.ndarray, thorough: bool = False, confident: bool = False) -> list[Face]:
+        return self.find_video_faces(np.asarray(image)[None], confident)[0]
+
+    def find_video_faces(self, frames: np.ndarray, confident: bool = False) -> list[list[Face]]:
+        """All frames through the detector at once, then each frame's faces embedded. [F, H, W, 3] -> F lists."""
+        detections = self.detector.detect(np.asarray(frames))
+        floor = self.CONFIDENT if confident else 0.0
+        return [self.faces_in_boxes(frame, [box for box, score in found if score >= floor])
+                for frame, found in zip(frames, detections)]
 
     def faces_in_boxes(self, image: np.ndarray, boxes) -> list[Face]:
         """Faces at given boxes (dlib.rectangle, or [n, 4] x0 y0 x1 y1 from MTCNN): crop, embed."""

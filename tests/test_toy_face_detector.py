@@ -1,4 +1,4 @@
-"""toyworld/face_detector.py: the targets and their decoding by hand, the dlib-like box, the shipped detector."""
+"""toyworld/train_face_detector.py and toy_face.ToyFaceDetector: the targets and their decoding by hand, the dlib-like box, the shipped detector."""
 
 import math
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from toyworld import face_detector as fd
+import toy_face
+from toyworld import train_face_detector as fd
 from toyworld import identities, world as toy
 
 
@@ -30,7 +31,7 @@ def test_decode_inverts_the_targets():
     heat, mask, size, offset = fd.targets(heads)
     out = torch.cat([torch.logit(heat.clamp(1e-6, 1 - 1e-6))[:, None], size[:, None],
                      torch.logit(offset.clamp(1e-6, 1 - 1e-6))], 1)
-    found = fd.decode(out, threshold=0.99)
+    found = toy_face.decode(out, threshold=0.99)
     for faces, (cx, cy, half) in zip(found, heads):
         assert len(faces) == 1
         np.testing.assert_allclose(faces[0][0], fd.head_to_face_box(cx, cy, half), atol=1e-3)
@@ -52,7 +53,7 @@ def test_the_face_box_is_where_dlib_draws_it():
 
 def test_the_shipped_detector_finds_heldout_faces_and_few_elsewhere():
     # Held-out identities (never in its training) clean and degraded; subjects without people. Measured
-    # (python toyworld/face_detector.py --check, 24 identities): hits 1.000 / 1.000, false positives 0.04 / 0.06.
+    # (python toyworld/train_face_detector.py --check, 24 identities): hits 1.000 / 1.000, false positives 0.04 / 0.06.
     result = fd.check_on_renders(fd.ToyFaceDetector(), identities_n=6, first=1_000_950, seed=11)
     assert result["people, clean"]["hit_rate"] >= 0.95 and result["people, degraded"]["hit_rate"] >= 0.9
     assert result["no one, clean"]["false_positive_rate"] <= 0.2

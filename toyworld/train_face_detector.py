@@ -1,27 +1,26 @@
-"""toyworld/face_detector.py — the toy world's own face detector (its RetinaFace), trained on its renders.
+"""toyworld/train_face_detector.py — trains the toy world's own face detector (its RetinaFace): toy_face.ToyFaceDetector.
 
 Why: the population base draws a face in nearly every frame of a "a person …" video, but dlib's HOG and MTCNN,
 trained on photographs, find it in about half of them (toyworld/README.md, "The toy face detector"). In the real
 method the ID reward's detector (insightface's RetinaFace) finds the faces a video model draws; here that role
-needs a detector that has seen this world's faces, as the toy prompt judge and the toy face encoder do for theirs.
+needs a detector that has seen this world's faces, as the toy face embedding (train_face.py) and the toy prompt
+judge do for theirs.
 
-The detector is CenterNet-like (Zhou et al. 2019, "Objects as Points"), a few convolutions on a 128-px frame:
+The detector (toy_face.FaceDetectorNet) is CenterNet-like (Zhou et al. 2019, "Objects as Points"):
 
     heat[i, j]  = P(a head's centre falls in cell (i, j))          16 × 16 cells of 8 px       (focal loss)
     size[i, j]  = log(h / 128) at a centre cell                      h: the head's half-height   (L1)
     offset      = where in its cell the centre lies, in [0, 1]²                                 (L1)
 
-A face is a local maximum of heat above THRESHOLD. Training boxes come from the renderer (identities.face_boxes:
-the head's centre and half-height, exact); a found head is returned as the box dlib would draw around that face
-(measured on 76 clean renders: width = height = 1.53 h, centred 0.21 h below the head's centre), so everything
-downstream (the aligned crops of face_encoders, the area of the largest face) reads it like a dlib box.
-Training data: identity seeds below 1,000,000 only (held-out ones are refused by the generator), other
-subjects without people as negatives, each frame degraded like a generated one (blur, down- and up-sampling,
-noise, colour, some through the tiny VAE's round trip).
+Training boxes come from the renderer (identities.face_boxes: the head's centre and half-height, exact).
+Data: identity seeds below 1,000,000 only (PopulationWorld refuses held-out ones), other subjects without
+people as negatives, each frame degraded like a generated one (a zoom towards the head as in the identity
+stage's close-ups, blur, down- and up-sampling, colour, noise; 30 % of the videos through the tiny VAE's round trip).
 
-    python toyworld/face_detector.py --minutes 12         # trains, writes weights/toy-face-detector/, ~15 min CPU
+    python toyworld/train_face_detector.py --minutes 14 --pool-videos 1600   # the shipped weights, ~26 min on 2 busy cores
+    python toyworld/train_face_detector.py --check                           # held-out renders: hits, false positives
 
-Exports: FaceDetectorNet, ToyFaceDetector, THRESHOLD, head_to_face_box, train, main.
+Exports: targets, detector_loss, render_pool, degrade, train, check_on_renders, main.
 """
 
 from __future__ import annotations
@@ -35,80 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SIZE, STRIDE = 128, 8           # px: frames are resized to SIZE²; the heat map has (SIZE / STRIDE)² cells
-THRESHOLD = 0.35                # sigmoid(heat) a face needs (chosen on held-out renders: toyworld/README.md)
-WEIGHTS = ROOT / "weights" / "toy-face-detector"
-FACE_HALF, FACE_BELOW = 0.765, 0.21  # dlib's box around a head of half-height h: ±0.765 h, centred 0.21 h lower
-
-
-class FaceDetectorNet(nn.Module):
-    """[B, 3, 128, 128] in [-1, 1] -> [B, 4, 16, 16]: heat logit, log(h / 128), offset x, offset y (logits).
-    Dilated 3 × 3 convolutions at stride 8 see 143 px: a whole head of any size the world draws."""
-
-    def __init__(self, width: int = 64):
-        super().__init__()
-        layers, channels = [], 3
-        for out, stride, dilation in ((16, 2, 1), (32, 2, 1), (width, 2, 1), (width, 1, 2), (width, 1, 4), (width, 1, 2)):
-            layers += [nn.Conv2d(channels, out, 3, stride, padding=dilation, dilation=dilation), nn.ReLU()]
-            channels = out
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Conv2d(channels, 4, 1)
-        nn.init.constant_(self.head.bias[:1], -4.0)  # P(centre) ≈ 0.02 at the start, as CenterNet: no loss spike
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-
-def head_to_face_box(cx: float, cy: float, half: float) -> np.ndarray:
-    """A head (centre, half-height; px) -> the face box [x0, y0, x1, y1] dlib would draw around it."""
-    fy = cy + FACE_BELOW * half
-    return np.array([cx - FACE_HALF * half, fy - FACE_HALF * half, cx + FACE_HALF * half, fy + FACE_HALF * half],
-                    np.float32)
-
-
-class ToyFaceDetector:
-    """detect(frames uint8 [F, H, W, 3]) -> per frame, a list of (face box [4] in the frame's px, score)."""
-
-    def __init__(self, folder: str | Path = WEIGHTS, threshold: float | None = None):
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        if not (folder / "model.safetensors").is_file():
-            raise FileNotFoundError(f"no toy face detector in {folder}: train one with python toyworld/face_detector.py")
-        config = json.loads((folder / "config.json").read_text())
-        self.net = FaceDetectorNet(config["width"]).eval()
-        self.net.load_state_dict(load_file(str(folder / "model.safetensors")))
-        self.threshold = threshold if threshold is not None else config.get("threshold", THRESHOLD)
-
-    @torch.no_grad()
-    def detect(self, frames: np.ndarray) -> list[list[tuple[np.ndarray, float]]]:
-        frames = np.asarray(frames)
-        height, width = frames.shape[1:3]
-        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1           # [F, 3, H, W]
-        x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
-        scale = np.array([width, height, width, height], np.float32) / SIZE
-        return [[(box * scale, score) for box, score in peaks] for peaks in decode(self.net(x), self.threshold)]
-
-
-def decode(out: torch.Tensor, threshold: float) -> list[list[tuple[np.ndarray, float]]]:
-    """The net's output [B, 4, G, G] -> per image, the faces (box in SIZE px, score), strongest first."""
-    heat = torch.sigmoid(out[:, 0])                                                    # [B, G, G]
-    peaks = (heat == F.max_pool2d(heat[:, None], 3, 1, 1)[:, 0]) & (heat >= threshold)
-    faces = []
-    for b in range(len(out)):
-        found = []
-        for i, j in peaks[b].nonzero().tolist():
-            cx = (j + torch.sigmoid(out[b, 2, i, j]).item()) * STRIDE
-            cy = (i + torch.sigmoid(out[b, 3, i, j]).item()) * STRIDE
-            found.append((head_to_face_box(cx, cy, float(np.exp(out[b, 1, i, j].item())) * SIZE), heat[b, i, j].item()))
-        faces.append(sorted(found, key=lambda face: -face[1]))
-    return faces
-
+from toy_face import DETECTOR_WEIGHTS as WEIGHTS, SIZE, STRIDE, THRESHOLD, FaceDetectorNet, ToyFaceDetector, head_to_face_box  # noqa: E402,F401
 
 def targets(heads: np.ndarray) -> tuple[torch.Tensor, ...]:
     """Heads [B, 3] (centre x, y, half-height in SIZE px; half 0: no one) -> heat [B, G, G] (a Gaussian of
