@@ -132,7 +132,9 @@ def test_the_protocol_fixes_held_out_identities_prompts_and_seeds_and_the_benchm
     prompts = [line for line in Path(fixed["heldout_prompts"]).read_text().splitlines() if line and line[0] != "#"]
     assert len(prompts) >= 4 and fixed["eval_seeds"] >= 3
     assert not set(prompts) & set(Path(fixed["train_prompts"]).read_text().splitlines())
-    argv = benchmark.train_argv(Path("ref"), Path("run"), [], "cpu", {**fixed, "model": "tiny", "people_prompts": None})
+    setup = benchmark.population_setup(protocol.PROTOCOL_FILE, "tiny")
+    argv = benchmark.train_argv(Path("ref"), Path("run"), [], "cpu", setup)
+    assert argv[argv.index("--id-backend") + 1] == "toyface"
     assert argv[argv.index("--heldout-prompts") + 1] == fixed["heldout_prompts"]
     assert argv[argv.index("--eval-seeds") + 1] == str(fixed["eval_seeds"])
     with pytest.raises(SystemExit, match="held-out identity seed"):
@@ -162,7 +164,8 @@ def test_procedural_writes_reference_stills_and_runs_train_py_end_to_end(tmp_pat
     results = benchmark.main(argv)
     stills = sorted((tmp_path / "run" / "refs" / "procedural_1000123").glob("still_*.png"))
     assert len(stills) == 3
-    encoder = make_face_encoder("dlib")
+    assert results["setup"]["id_backend"] == "toyface"  # the population world's r_id (benchmark.ID_BACKEND_POPULATION)
+    encoder = make_face_encoder("toyface")
     assert all(encoder.find_faces(np.asarray(Image.open(p).convert("RGB")), thorough=True) for p in stills)
     assert results["identities"] == ["procedural_1000123"] and results["setup"]["model"] == "tiny"
     assert results["table_9"]["MagicID"]["n"] == 1 and "MagicID r_dyn above baseline" in results["claims"]

@@ -12,7 +12,9 @@ and reports, each as mean [95 % bootstrap CI] where it is a mean over videos:
   direction_rate   the same over the motions whose caption names a direction (pans, tilts, zooms, walks)
   face_hit_rate    fraction of frames where dlib's HOG detector finds a face (find_faces), on the person
                    prompts; video_face_hit_rate: the same with the rewards' video search (find_video_faces:
-                   HOG, then MTCNN, then the neighbouring frames), what the benchmark's face_hit_rate counts
+                   HOG, then MTCNN, then the neighbouring frames); toyface_hit_rate: the toy world's own detector
+                   (toy_face.py), on the person prompts and (no_one_) on the others: what the population
+                   benchmark's r_id (--id-backend toyface) counts
   r_dyn            rewards.dynamic_reward, px at a 256-px side: person prompts, and "still" prompts
 
     python toyworld/base_check.py                 # ~3 min on a 2-core CPU; runs/toyworld/base_check.json
@@ -68,8 +70,10 @@ def check_base(model=None) -> dict:
     from model import VideoModel
     from rewards import dynamic_reward
 
+    from toy_face import ToyFaceEncoder
+
     model = model or VideoModel.from_pretrained("tiny")
-    encoder = DlibFaceEncoder()
+    encoder, toy_encoder = DlibFaceEncoder(), ToyFaceEncoder()
     videos_rows = []
     for prompt, motion_name, person in base_prompts():
         videos, _ = model.sample([prompt] * len(SEEDS), seed=list(SEEDS), steps=STEPS)   # [S, F, H, W, 3]
@@ -80,7 +84,8 @@ def check_base(model=None) -> dict:
                 "follows": motion.follows_caption(motion_name, flow),
                 "r_dyn": dynamic_reward(video, model.defaults.fps).reward,
                 "face_hits": float(np.mean([bool(encoder.find_faces(frame)) for frame in video])) if person else None,
-                "video_face_hits": float(np.mean([bool(f) for f in encoder.find_video_faces(video)])) if person else None})
+                "video_face_hits": float(np.mean([bool(f) for f in encoder.find_video_faces(video)])) if person else None,
+                "toyface_hits": float(np.mean([bool(f) for f in toy_encoder.find_video_faces(video)]))})
 
     def ci(values):
         return list(bootstrap_ci(np.asarray(values, float)))
@@ -96,6 +101,8 @@ def check_base(model=None) -> dict:
         "person_face_hit_rate": ci([r["face_hits"] for r in person]),
         "person_moving_face_hit_rate": ci([r["face_hits"] for r in person if r["motion"] != "still"]),
         "person_video_face_hit_rate": ci([r["video_face_hits"] for r in person]),
+        "person_toyface_hit_rate": ci([r["toyface_hits"] for r in person]),
+        "no_one_toyface_hit_rate": ci([r["toyface_hits"] for r in videos_rows if not r["person"]]),
         "person_r_dyn": ci([r["r_dyn"] for r in person if r["motion"] != "still"]),
         "still_r_dyn": ci([r["r_dyn"] for r in videos_rows if r["motion"] == "still"]),
         "moving_r_dyn": ci([r["r_dyn"] for r in videos_rows if r["motion"] != "still"]),
@@ -105,7 +112,7 @@ def check_base(model=None) -> dict:
 
 def report(result: dict) -> str:
     keys = ("follow_rate", "direction_rate", "person_face_hit_rate", "person_moving_face_hit_rate", "person_video_face_hit_rate",
-            "person_r_dyn", "moving_r_dyn", "still_r_dyn")
+            "person_toyface_hit_rate", "no_one_toyface_hit_rate", "person_r_dyn", "moving_r_dyn", "still_r_dyn")
     lines = [f"- {k}: {result[k][0]:.3f} [{result[k][1]:.3f}, {result[k][2]:.3f}]" for k in keys]
     lines.append("- follows, per motion: " + ", ".join(f"{m} {v:.2f}" for m, v in result["follow_per_motion"].items()))
     return "\n".join(lines)
