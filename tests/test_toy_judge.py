@@ -21,14 +21,16 @@ def judge():
 
 
 def test_the_shipped_judge_prefers_the_matched_caption_on_held_out_people(judge):
-    """16 held-out identities (seeds from 1,500,000) per change, 5 frames of 128 px, a world seed training never
-    used: hair colour, glasses and a hat, each changed in the caption. Measured on this fixed set when the judge
-    was trained (toyworld/README.md, "The toy prompt judge"): attributes 0.979, scenes 0.938; pinned with a margin."""
+    """16 held-out identities (seeds from 1,500,000) for each of hair colour, glasses and a hat changed in the
+    caption, and 16 scenes with the subject changed; 5 frames of 128 px, a world seed training never used.
+    Measured on this fixed set when the judge was trained (toyworld/README.md, "The toy prompt judge"): attributes
+    43 of 48 (0.896: hair 16, glasses 12, hat 15 of 16), scenes 16 of 16; pinned with a margin (an untrained judge
+    scores about 0.5: 0.479)."""
     checks = judge_check.check_videos(16, frames=5, size=128, kinds=("hair colour", "glasses", "hat", "scene"))
     result = judge_check.accuracy(judge, checks)
     assert judge.name == "CLIP toyworld-judge"
-    assert result["attributes"]["videos"] == 48 and result["attributes"]["accuracy"] >= 0.90
-    assert result["scene"]["accuracy"] >= 0.80
+    assert result["attributes"]["videos"] == 48 and result["attributes"]["accuracy"] >= 0.80
+    assert result["scene"]["accuracy"] >= 0.875
 
 
 def test_the_tokenizer_gives_every_caption_word_one_token_and_spells_out_the_rest(judge):
@@ -49,7 +51,8 @@ def test_train_judge_refuses_held_out_identity_seeds(tmp_path):
     """Seeds from 1,000,000 are the benchmark's: --population beyond them stops before anything is drawn or
     written, and the pool renderer itself refuses them too."""
     with pytest.raises(identities.HeldOutIdentityError, match="held out"):
-        train_judge.main(["--population", str(identities.HELDOUT_FROM + 1), "--out", str(tmp_path / "judge")])
+        train_judge.main(["--population", str(identities.HELDOUT_FROM + 1), "--budget-s", "1",
+                         "--out", str(tmp_path / "judge")])
     assert not (tmp_path / "judge").exists()
     with pytest.raises(identities.HeldOutIdentityError, match="held out"):
         train_judge.render_pool(0, identities.HELDOUT_FROM + 1, processor=None, deadline=0.0)
@@ -68,13 +71,15 @@ def test_contrastive_loss_is_clips_with_soft_targets_for_repeats_and_extra_colum
     repeated = train_judge.contrastive_loss(torch.tensor([[2.0, 0.0], [0.0, 2.0]], dtype=torch.float64),
                                             torch.ones(2, 2, dtype=torch.bool))
     assert repeated.item() == pytest.approx(0.5 * (np.log1p(np.exp(-2.0)) + np.log1p(np.exp(2.0))), abs=1e-9)
-    negative = train_judge.contrastive_loss(torch.tensor([[1.0, 3.0]], dtype=torch.float64), torch.tensor([[True, False]]))
+    negative = train_judge.contrastive_loss(torch.tensor([[1.0, 3.0]], dtype=torch.float64),
+                                            torch.tensor([[True, False]]))
     assert negative.item() == pytest.approx(0.5 * np.log1p(np.exp(2.0)), abs=1e-9)
 
 
-def test_attribute_swap_changes_one_attribute_of_a_person_and_leaves_scenes_alone():
-    """Hand-checked captions in the world's grammar: glasses come off without breaking "and a beard"; a caption
-    naming glasses gets no hat (the world never says both); a scene has no hard negative."""
+def test_attribute_swap_changes_one_attribute_the_caption_names_and_nothing_else():
+    """Hand-checked captions in the world's grammar: glasses come off without breaking "and a beard"; a named hair
+    colour becomes each other colour; nothing is put on (a person whose glasses go unnamed may wear them); a
+    caption naming no attribute, or a scene, has no hard negative."""
     rng = np.random.default_rng(0)
     swaps = lambda caption: {train_judge.attribute_swap(caption, rng) for _ in range(200)}  # noqa: E731
     assert swaps("a person with glasses and a beard nods, camera still") == {"a person with a beard nods, camera still"}
@@ -82,7 +87,6 @@ def test_attribute_swap_changes_one_attribute_of_a_person_and_leaves_scenes_alon
         "a blond person, camera pans left", "a dark-haired person with glasses, camera pans left",
         "a brown-haired person with glasses, camera pans left", "a red-haired person with glasses, camera pans left",
         "a grey-haired person with glasses, camera pans left"}
-    assert swaps("a photo of a person") == {"a photo of a person with glasses", "a photo of a person in a hat"}
-    assert swaps("a person in a hat waves, camera still") == {"a person waves, camera still",
-                                                              "a person with glasses in a hat waves, camera still"}
+    assert swaps("a person in a hat waves, camera still") == {"a person waves, camera still"}
+    assert swaps("a photo of a person") == swaps("a person with a moustache talks, camera still") == {None}
     assert swaps("a cat, camera pans left") == {None}

@@ -81,7 +81,8 @@ def check_videos(n: int, frames: int = 9, size: int = 128, world_seed: int = CHE
                  if kind != "hair colour" or identities.identity(s)["hair_style"] != "bald"][:n]
         worn = {s: i % 2 == 0 for i, s in enumerate(seeds)}                          # half wear the glasses / hat
         look_of = lambda s: {**identities.identity(s), "glasses": kind == "glasses" and worn[s],  # noqa: E731
-                             "hat": kind == "hat" and worn[s], "hat_color": np.random.default_rng(s).uniform(0.05, 0.9, 3)}
+                             "hat": kind == "hat" and worn[s],
+                             "hat_color": np.random.default_rng(s).uniform(0.05, 0.9, 3)}
         videos, _, motions = identities.render_identity_videos(seeds, world, frames, size, look_of=look_of)
         for seed, video, motion in zip(seeds, toy.to_uint8(videos), motions):
             checks.append((kind, video, *_caption_pair(kind, identities.identity(seed), worn[seed], motion, r)))

@@ -9,9 +9,10 @@ frame of the world's videos (CLIP, Radford et al. 2021):
   L    = ½ · [ CE(s_i·, y_i·) + CE(s_·j, y_·j) ]                                 over a batch of B pairs
   y_ij = [caption_i = text_j] / #{k : caption_i = text_k}                      (ours: soft targets)
 
-The texts are the batch's B captions plus, for each person, a hard negative: the caption with one attribute
-changed (attribute_swap: hair colour, glasses, hat; NegCLIP's idea). Soft targets because the world repeats
-captions ("a photo of a person" is frequent): a one-hot target would push a frame from its own caption.
+The texts are the batch's B captions plus, for each caption naming an attribute of the person, a hard
+negative: the caption with it changed (attribute_swap: hair colour swapped, glasses / hat off; NegCLIP's
+idea). Soft targets because the world repeats captions ("a photo of a person" is frequent): a one-hot target
+would push a frame from its own caption.
 
 Data: the pretraining mix (toyworld/pretrain.py): scenes seen through a moving camera (world.py), generic
 people (people.py: hats, glasses, hair colours) and the identity population (identities.PopulationWorld:
@@ -27,7 +28,8 @@ loads any CLIP. Rendering takes --render-share of --budget-s, training the rest.
     OMP_NUM_THREADS=1 python toyworld/train_judge.py                  # ~18 min on a CPU core -> weights/toyworld-judge
     OMP_NUM_THREADS=1 python toyworld/judge_check.py                  # its accuracy on held-out identities
 
-Exports: main, parse_args, caption_words, learn_merges, build_processor, render_pool, contrastive_loss.
+Exports: main, parse_args, caption_words, learn_merges, build_processor, render_pool, attribute_swap,
+contrastive_loss.
 """
 
 from __future__ import annotations
@@ -99,8 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def caption_words() -> list[str]:
     """Every word the world's captions use (world.py, people.py, identities.py), as CLIP's pre-tokenizer
     splits them: runs of letters, and runs of punctuation (',' and '-')."""
-    phrases = [*toy.NATURAL_IMAGES.values(), *toy.PROCEDURAL, *toy.MOTIONS, *(c.format('') for c in toy.STILL_CAPTIONS), *people.HAIR,
-               *people.PERSON_MOTIONS, *identities.IDENTITY_MOTIONS, *identities.HAIR_STYLES,
+    phrases = [*toy.NATURAL_IMAGES.values(), *toy.PROCEDURAL, *toy.MOTIONS, *(c.format("") for c in toy.STILL_CAPTIONS),
+               *people.HAIR, *people.PERSON_MOTIONS, *identities.IDENTITY_MOTIONS, *identities.HAIR_STYLES,
                "a person with glasses and a beard", "a moustache", "in a hat"]
     return sorted({w for phrase in phrases for w in re.findall(r"[a-z]+|[^\sa-z0-9]+", phrase.lower())})
 
@@ -131,7 +133,8 @@ def build_processor():
                   *("".join(pair) for pair in merges)]:
         vocab.setdefault(token, len(vocab))
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
-    images = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    images = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
+                                crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     return CLIPProcessor(image_processor=images, tokenizer=tokenizer)
 
 
@@ -181,7 +184,7 @@ def pixel_values(videos: np.ndarray, processor) -> torch.Tensor:
 
 def train(model, tokenizer, frames: torch.Tensor, captions: list[str], args, deadline: float) -> list[float]:
     """AdamW on contrastive_loss over random batches (one random frame of each video) until the deadline; the
-    texts of a batch are its B captions and, for its people, one attribute_swap of each (hard negatives)."""
+    texts of a batch are its B captions and an attribute_swap of each that names an attribute (hard negatives)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
     generator, rng = torch.Generator().manual_seed(args.seed), np.random.default_rng(args.seed)
     start, curve, steps = time.time(), [], 10 ** 9                                       # steps: the clock decides
@@ -210,23 +213,19 @@ def train(model, tokenizer, frames: torch.Tensor, captions: list[str], args, dea
 
 
 def attribute_swap(caption: str, rng) -> str | None:
-    """A hard negative (NegCLIP, Yuksekgonul et al. 2023): a person's caption with one attribute changed — the
-    hair colour swapped, or glasses / a hat taken off or put on; None for a caption without a person.
+    """A hard negative (NegCLIP, Yuksekgonul et al. 2023): a person's caption with one attribute it names
+    changed — the hair colour swapped, or the glasses / hat taken off; None when it names none.
     Why: in a random batch a caption rarely meets one that differs only by "with glasses", so nothing makes the
-    image tower look for glasses (the first judge: 0.64 on glasses). Adding an attribute the caption does not
-    name is wrong when the person has it unnamed (glasses: ~6 % of such captions), a little label noise."""
-    if "person" not in caption:
-        return None
+    image tower look for glasses (the first judge: 0.64 on glasses). Why only what the caption names: a
+    negative that puts glasses on is wrong for people whose glasses go unnamed, and, being ~15× as frequent as
+    the captions that name them, taught the text tower that "with glasses" is always wrong (worn: 0.16)."""
     hair = [caption.replace(name, other) for name in people.HAIR if name in caption
             for other in people.HAIR if other != name]
-    if "with glasses" in caption:
-        glasses = caption.replace("with glasses and ", "with ").replace(" with glasses", "")
-    else:
-        glasses = (caption.replace(" with ", " with glasses and ") if " with " in caption
-                   else caption.replace("person", "person with glasses", 1))
-    hat = (caption.replace(" in a hat", "") if "in a hat" in caption
-           else None if " with " in caption else caption.replace("person", "person in a hat", 1))
-    kinds = [k for k in (hair, [glasses], [hat]) if k and k[0]]                         # one kind, then one change
+    glasses = caption.replace("with glasses and ", "with ").replace(" with glasses", "")
+    hat = caption.replace(" in a hat", "")
+    kinds = [k for k in (hair, [glasses], [hat]) if k and k[0] != caption]             # one kind, then one change
+    if "person" not in caption or not kinds:
+        return None
     kind = kinds[rng.integers(len(kinds))]
     return kind[rng.integers(len(kind))]
 
