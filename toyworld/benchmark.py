@@ -57,6 +57,7 @@ EVAL_SEEDS = 3      # seeds per held-out prompt
 IDENTITY_STEPS = 1200  # the identity stage every figure in toyworld/README.md was measured with (the README's
                        # tiny run takes 800 since, to end well under 5 minutes: r_id 0.919 there vs 0.928)
 LONG_FRAMES = 17    # the identity curve's video length; train.py trains and evaluates on 9
+TOY_JUDGE = ROOT / "weights" / "toyworld-judge"  # Table 3's default prompt judge (toyworld/train_judge.py)
 VARIANTS = {"base": None, "identity stage": "reference", "MagicID": "default"}  # train.py's adapter names
 TABLE_METRICS = ("r_id", "face_hit_rate", "r_dyn", "dynamic_degree")
 # What a run is measured with: the shipped-photo benchmark's (above), or a protocol's (population_setup).
@@ -79,7 +80,9 @@ def main(argv=None) -> dict:
     p.add_argument("--model", default=None, help="tiny preset (default: tiny; the protocol's for --procedural)")
     p.add_argument("--ablations", action="store_true",
                    help="also the runs of Tables 2 and 3 (identity pairs only; with --judge: + semantic)")
-    p.add_argument("--judge", default=None, help="train.py --judge for Table 3's + semantic row (clip:DIR / vlm:DIR)")
+    p.add_argument("--judge", default=f"clip:{TOY_JUDGE}" if TOY_JUDGE.is_dir() else None,
+                   help="train.py --judge for Table 3's + semantic row (clip:DIR / vlm:DIR; default: the toy "
+                        "prompt judge, weights/toyworld-judge, toyworld/train_judge.py)")
     p.add_argument("--out", default=str(ROOT / "runs" / "toyworld"), help="folder of the runs and results")
     p.add_argument("--train-arg", action="append", default=[],
                    help="extra train.py flag for an investigation, e.g. --train-arg=--beta=500 (use a new --out)")
