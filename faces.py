@@ -4,7 +4,7 @@ The ID reward of MagicID (METHOD.md, "Rewards") compares identity embeddings e (
 faces: two faces are the same person when cos(e1, e2) is high. Three backends answer one interface
 (face_encoders.py): "dlib" (face_encoders.py, offline, weights from pip, D = 128), "insightface"
 (arcface.py: ArcFace, D = 512, the paper's choice) and "toyface" (toy_face.py: the toy world's own
-encoder, dlib's detector + a CNN trained on the world's people, D = 128). make_face_encoder picks one
+encoder, a detector and a CNN trained on the world's people, D = 128). make_face_encoder picks one
 and says which.
 
 Reference photos (MagicID's input: 1..N photos of one person) are read here, EXIF-upright and

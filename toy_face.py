@@ -14,8 +14,8 @@ whole head (in this world hair, skin tone and the face's outline are identity), 
     box (x0, y0, x1, y1)  ->  square of side CROP_ENLARGE · (x1 − x0) around the box's centre
                           ->  crop [CROP_SIZE, CROP_SIZE, 3]  ->  ToyFaceNet  ->  e [128], ‖e‖ = 1
 
-(dlib's HOG box is ~0.77 head heights wide, centred 0.09 head heights below the head's centre; the square
-is then ~1.5 head heights: hair and chin in, some background.) ToyFaceNet is a small CNN (0.6 M parameters):
+(The detector's box, like dlib's HOG box, is ~0.77 head heights wide, centred ~0.1 head heights below the head's
+centre; the square is then ~1.5 head heights: hair and chin in, some background.) ToyFaceNet is a small CNN (0.6 M parameters):
 four stages of 3×3 convs (each halves the side, 64 → 4 px), a global depthwise conv over the last 4×4 map
 (MobileFaceNet's "GDC": it keeps *where* a feature is, which global average pooling would lose), a linear
 layer to 128 and a unit norm.
@@ -149,7 +149,7 @@ class ToyFaceDetector:
         from safetensors.torch import load_file
 
         folder = Path(folder)
-        if not (folder / "model.safetensors").is_file():
+        if not ((folder / "model.safetensors").is_file() and (folder / "config.json").is_file()):
             raise FileNotFoundError(f"no toy face detector in {folder}: train one with python toyworld/train_face_detector.py")
         config = json.loads((folder / "config.json").read_text())
         self.net = FaceDetectorNet(config["width"]).eval()
@@ -219,7 +219,7 @@ class ToyFaceEncoder(FaceEncoder):
                 for frame, found in zip(frames, detections)]
 
     def faces_in_boxes(self, image: np.ndarray, boxes) -> list[Face]:
-        """Faces at given boxes (dlib.rectangle, or [n, 4] x0 y0 x1 y1 from MTCNN): crop, embed."""
+        """Faces at given boxes ([4] x0 y0 x1 y1 arrays, from ToyFaceDetector; or dlib.rectangle): crop, embed."""
         boxes = [box if isinstance(box, np.ndarray) else box_array(box) for box in boxes]
         if not boxes:
             return []

@@ -26,7 +26,7 @@ def test_targets_by_hand():
 def test_decode_inverts_the_targets():
     # The output a perfect net would give (heat logit, log size, offset logits) decodes to the dlib-like box of
     # each head; fresh random heads, one per image.
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(0)
     heads = np.stack([rng.uniform(20, 108, 5), rng.uniform(20, 108, 5), rng.uniform(10, 50, 5)], 1)
     heat, mask, size, offset = fd.targets(heads)
     out = torch.cat([torch.logit(heat.clamp(1e-6, 1 - 1e-6))[:, None], size[:, None],
@@ -63,3 +63,17 @@ def iou(a, b) -> float:
     w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     return w * h / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h)
+
+
+def test_two_peaks_of_one_head_are_one_face_and_two_heads_are_two():
+    # Heat peaks at cells (6, 4) and (6, 6) (not neighbours, so both survive the 3x3 max-pool). With heads of
+    # half-height 40 px each peak's box (±30.6 px) holds the other's centre (16 px away): one face, the stronger.
+    # With half-height 8 px (±6.1 px) they are two faces.
+    for half, faces_expected in ((40.0, 1), (8.0, 2)):
+        out = torch.zeros(1, 4, 16, 16)
+        out[0, 0] = -10.0
+        out[0, 0, 6, 4], out[0, 0, 6, 6] = 3.0, 2.0
+        out[0, 1] = math.log(half / 128)
+        found = toy_face.decode(out, threshold=0.5)[0]
+        assert len(found) == faces_expected
+        assert found[0][1] == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
