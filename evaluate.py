@@ -283,7 +283,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--id-frames", type=int, default=16, help="frames per video scored for r_id and the ID curve")
     parser.add_argument("--id-backend", default="auto", choices=["auto", "dlib", "insightface", "toyface"],
                         help="face encoder for r_id (auto: insightface ArcFace when its model pack is on disk)")
-    parser.add_argument("--id-model-root", default=None, help="insightface model pack folder")
+    parser.add_argument("--id-model-root", default=None,
+                        help="insightface model pack folder, or toyface's weights folder (default weights/toyface)")
     parser.add_argument("--clip", default=None,
                         help="local CLIP checkpoint folder for T. Cons., CLIP-T and CLIP-I (default: the --judge's "
                              "CLIP when it is one; otherwise these columns are not available)")

@@ -138,7 +138,8 @@ def main(argv=None) -> dict:
             main_rows = rows
     rows = main_rows
 
-    results = {"identities": identities, "train_args": args.train_arg, "base_check": base, "setup": setup,
+    results = {"identities": identities, "train_args": args.train_arg, "judge": args.judge if args.ablations else None,
+               "base_check": base, "setup": setup,
                "table_9": summaries["main"],
                "table_long": evaluate.summarize(rows["long"], list(VARIANTS)) if rows["long"] else None,
                "table_people": evaluate.summarize(rows["people"], list(VARIANTS)) if rows["people"] else None,
