@@ -79,21 +79,20 @@ def detector_loss(out: torch.Tensor, heat, mask, size, offset) -> torch.Tensor:
 def render_pool(videos: int, seed: int, people_share: float = 0.75, frames: int = 5, vae_share: float = 0.3):
     """Frames of the pretraining world (identity seeds < 1,000,000; other subjects without people) ->
     frames uint8 [N, 128, 128, 3], heads [N, 3] (centre x, y, half-height px; 0: no one). A vae_share of the
-    videos go through the tiny-toyworld VAE's round trip, the blur a generated frame has."""
-    from model import VideoModel
+    videos go through the tiny VAE's round trip (generated_look.vae_round_trip: tiny-toyworld shares that VAE), the
+    blur a generated frame has."""
     from toyworld import identities, world as toy
+    from toyworld.generated_look import vae_round_trip
 
     world = toy.ToyWorld("cpu", seed=seed, people_share=people_share)
     world.people = identities.PopulationWorld(world)
-    vae = VideoModel.from_pretrained("tiny-toyworld") if vae_share > 0 else None
     all_frames, all_heads = [], []
     for start in range(0, videos, 32):
-        clips, _, _, heads = world.batch(min(32, videos - start), frames, SIZE, with_faces=True)
-        clips = toy.to_uint8(clips)                                                       # [n, F, H, W, 3]
+        clips, _, _, heads = world.batch(min(32, videos - start), frames, SIZE, with_faces=True)  # [n, 3, F, H, W]
         through_vae = world.rng.random(len(clips)) < vae_share
-        if vae is not None and through_vae.any():
-            with torch.no_grad():
-                clips[through_vae] = vae.decode(vae.encode_video(clips[through_vae]))
+        if through_vae.any():
+            clips[torch.from_numpy(through_vae)] = vae_round_trip(clips[torch.from_numpy(through_vae)])
+        clips = toy.to_uint8(clips)                                                       # [n, F, H, W, 3]
         all_frames.append(clips.reshape(-1, SIZE, SIZE, 3))
         all_heads.append(heads.reshape(-1, 3))
     return np.concatenate(all_frames), np.concatenate(all_heads).astype(np.float32)
