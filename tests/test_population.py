@@ -169,6 +169,8 @@ def test_procedural_writes_reference_stills_and_runs_train_py_end_to_end(tmp_pat
     assert all(encoder.find_faces(np.asarray(Image.open(p).convert("RGB")), thorough=True) for p in stills)
     assert results["identities"] == ["procedural_1000123"] and results["setup"]["model"] == "tiny"
     assert results["table_9"]["MagicID"]["n"] == 1 and "MagicID r_dyn above baseline" in results["claims"]
+    assert set(results["paired_9"]) == {"r_dyn", "r_id"}     # MagicID − identity stage on the same video seed
+    assert any("paired by identity" in claim for claim in results["claims"])
     assert (tmp_path / "run" / "procedural_1000123" / "magicid_lora").is_dir()
     assert "## Claims" in (tmp_path / "run" / "results.md").read_text()
     again = protocol.write_procedural_references(1_000_123, tmp_path / "run" / "refs", 3, encoder)

@@ -10,24 +10,33 @@ finds the face (a user picks photos that show it), and passed as --ref <folder>.
 
 The ablations, in the paper's form, from train.py runs that differ in one setting (benchmark.py --ablations):
   Table 2 (pairs)    none = the identity stage (self-reconstruction) | identity = DPO on identity pairs only
-                     (--dpo-dynamic-steps 0) | identity + dynamic = MagicID
+                     (--dpo-dynamic-steps 0) | identity + dynamic = MagicID; and the change for claim 2 (ours):
+                     both again with a second online round (--rounds 2: the repository resampled from the
+                     model after round 1, new pairs, DPO again), so its gain splits into "more identity DPO"
+                     and "the dynamic pairs"
   Table 3 (rewards)  ID = identity pairs only (r_id alone chooses them) | + dynamic = MagicID (hybrid pairs:
                      r_id and r_dyn) | + semantic = MagicID with a prompt judge (--judge; missing without one)
+Each row also gives its difference to the identity stage paired by identity × prompt × seed (benchmark.py's
+paired_difference), the interval that sees the small effects of this world.
 
-Exports: PROTOCOL_FILE, ABLATIONS, load_protocol, write_procedural_references, ablation_tables.
+Exports: PROTOCOL_FILE, ABLATIONS, load_protocol, write_procedural_references, ablation_tables, run_slug.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from toyworld.identities import HELDOUT_FROM, reference_stills
 
 PROTOCOL_FILE = Path(__file__).resolve().parent / "heldout_protocol.json"
 # name -> extra train.py flags of that run (besides the protocol's); MagicID itself is the main run.
-ABLATIONS = {"identity pairs only": ["--dpo-dynamic-steps", "0"]}
+ABLATIONS = {"identity pairs only": ["--dpo-dynamic-steps", "0"],
+             "two rounds": ["--rounds", "2"],                                              # ours
+             "identity pairs only two rounds": ["--rounds", "2", "--dpo-dynamic-steps", "0"]}  # ours
 TABLE_COLUMNS = ("r_id", "face_hit_rate", "r_dyn", "dynamic_degree")
+PAIRED_COLUMNS = ("r_id", "r_dyn")   # Δ to the identity stage, paired
 
 
 def load_protocol(path: Path = PROTOCOL_FILE) -> dict:
@@ -63,25 +72,42 @@ def write_procedural_references(seed: int, folder: Path, stills: int, encoder) -
     return own
 
 
-def ablation_tables(summaries: dict[str, dict], judge: str | None) -> str:
+def run_slug(run: str) -> str:
+    """An ablation run's folder suffix: "identity pairs only" → "identity_pairs_only"."""
+    return re.sub(r"[^a-z0-9]+", "_", run.lower()).strip("_")
+
+
+def ablation_tables(summaries: dict[str, dict], judge: str | None, paired: dict[str, dict] | None = None) -> str:
     """Tables 2 and 3 from summaries {"main": evaluate.summarize(...) of base / identity stage / MagicID,
-    <ABLATIONS name>: the same of that run, "with judge": MagicID with --judge (or absent)}."""
+    <ABLATIONS name>: the same of that run, "with judge": MagicID with --judge (or absent)} and, per run,
+    paired {metric: (mean, low, high)} of its MagicID − identity stage (benchmark.paired_difference)."""
+    paired = paired or {}
     main = summaries["main"]
-    rows2 = [("none (identity stage)", main.get("identity stage")),
-             ("identity", summaries.get("identity pairs only", {}).get("MagicID")),
-             ("identity + dynamic (MagicID)", main.get("MagicID"))]
-    rows3 = [("ID", rows2[1][1]), ("ID + dynamic", rows2[2][1]),
-             ("ID + dynamic + semantic", summaries.get("with judge", {}).get("MagicID"))]
+
+    def row(name, run):   # (label, that run's MagicID metrics, its paired Δ); run None: the identity stage
+        if run is None:
+            return name, main.get("identity stage"), None
+        return name, summaries.get(run, {}).get("MagicID"), paired.get(run)
+
+    rows2 = [row("none (identity stage)", None), row("identity", "identity pairs only"),
+             row("identity + dynamic (MagicID)", "main"),
+             row("identity, 2 online rounds (ours)", "identity pairs only two rounds"),
+             row("identity + dynamic, 2 online rounds (ours)", "two rounds")]
+    rows3 = [("ID", *rows2[1][1:]), ("ID + dynamic", *rows2[2][1:]), row("ID + dynamic + semantic", "with judge")]
     missing3 = "" if judge else " (+ semantic: missing: no toy-world prompt judge was given, --judge)"
+    header = list(TABLE_COLUMNS) + [f"Δ{m} paired" for m in PAIRED_COLUMNS]
     lines = []
     for title, rows in (("Table 2: preference pairs", rows2), ("Table 3: rewards" + missing3, rows3)):
-        lines += [f"## {title} (held-out prompts, 9 frames; mean [95 % CI])", "",
-                  "| row | n | " + " | ".join(TABLE_COLUMNS) + " |", "|---" * (len(TABLE_COLUMNS) + 2) + "|"]
-        for name, metrics in rows:
+        lines += [f"## {title} (held-out prompts, 9 frames; mean [95 % CI]; Δ: minus the identity stage, "
+                  f"paired by identity × prompt × seed)", "",
+                  "| row | n | " + " | ".join(header) + " |", "|---" * (len(header) + 2) + "|"]
+        for name, metrics, delta in rows:
             if metrics is None:
-                lines.append(f"| {name} | — | " + " | ".join("not run" for _ in TABLE_COLUMNS) + " |")
+                lines.append(f"| {name} | — | " + " | ".join("not run" for _ in header) + " |")
                 continue
             cells = [f"{metrics[m][0]:.3f} [{metrics[m][1]:.3f}, {metrics[m][2]:.3f}]" for m in TABLE_COLUMNS]
+            cells += ["{:+.3f} [{:+.3f}, {:+.3f}]".format(*delta[m]) if delta and delta.get(m) else "—"
+                      for m in PAIRED_COLUMNS]
             lines.append(f"| {name} | {metrics['n']} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -32,7 +32,7 @@ if [ -f /tmp/tw/transformer.safetensors ]; then   # the weights this machine hol
 fi
 [ "$BUDGET" = 0 ] && { ls -la /tmp/site | head -5; ls -la /tmp/tw 2>/dev/null; exit 0; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-OUTDIR=/tmp/protocol; mkdir -p $OUTDIR
+OUTDIR=${PROTOCOL_OUT:-/tmp/protocol}; mkdir -p $OUTDIR   # another folder for another setting (train.py would resume the first)
 START=$SECONDS
 seeds=$(python -c "import json; print(*json.load(open('toyworld/heldout_protocol.json'))['identities'])")
 for seed in $seeds; do   # one process per identity, two CPU threads each
@@ -43,11 +43,12 @@ wait
 echo "identities: $((SECONDS - START)) s"
 left=$((BUDGET - (SECONDS - START)))
 if [ $left -gt 20 ]; then   # every identity finished: the tables over all six (reuses their runs)
-  timeout -s INT $left python toyworld/benchmark.py --protocol --device cuda --out $OUTDIR "$@" > $OUTDIR/log-all.txt 2>&1
+  timeout -s INT $left python toyworld/benchmark.py --protocol --device cuda --out $OUTDIR --no-base-check "$@" > $OUTDIR/log-all.txt 2>&1
   echo "aggregate: exit $? after $((SECONDS - START)) s"
 fi
 for seed in $seeds; do echo "== $seed"; tr '\r' '\n' < $OUTDIR/log-$seed.txt | grep -v '/s\]' | tail -3; done
 cp $OUTDIR/results.md $OUTDIR/results.json "$OUT/" 2>/dev/null
 tr '\r' '\n' < $OUTDIR/log-all.txt 2>/dev/null | grep -v '/s\]' | tail -60
-(cd $OUTDIR && tar --exclude='videos' --exclude='*.safetensors' --exclude='checkpoints' -cf - . | xz -6 > "$OUT/runs.tar.xz")
+(cd $OUTDIR && tar --exclude='videos' --exclude='*.safetensors' --exclude='checkpoints' --exclude='*.npy' --exclude='*.pt' \
+  --exclude='*.mp4' --exclude='*.png' --exclude='*.gif' -cf - . | xz -6 > "$OUT/runs.tar.xz")   # ~10 MB: logs, pairs, results
 ls -la "$OUT"

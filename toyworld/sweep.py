@@ -59,6 +59,8 @@ def main(argv=None) -> str:
     p.add_argument("--out", default=str(ROOT / "runs" / "tw_sweep"), help="one folder per configuration in here")
     p.add_argument("--jobs", type=int, default=2, help="configurations run at once")
     p.add_argument("--device", default="cpu", help="train.py's and the evaluation's device: cpu or cuda")
+    p.add_argument("--no-base-check", action="store_true",
+                   help="skip toyworld/base_check.py's figures (they need dlib: a GPU machine may lack it)")
     args = p.parse_args(argv)
     if args.procedural and args.identity:
         raise SystemExit("sweep.py: error: --procedural and --identity: one kind of identity per sweep")
@@ -68,7 +70,8 @@ def main(argv=None) -> str:
     seed, out = Path(args.seed_run), Path(args.out)
     common = [sys.executable, str(ROOT / "toyworld" / "benchmark.py"), "--device", args.device,
               *(f"--procedural={s}" for s in args.procedural),
-              *(f"--identity={name}" for name in ([] if args.procedural else identities))]
+              *(f"--identity={name}" for name in ([] if args.procedural else identities)),
+              *(["--no-base-check"] if args.no_base_check else [])]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")
            or str(max(1, (os.cpu_count() or 1) // args.jobs))}   # N processes must not each take every core
 
