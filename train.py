@@ -145,9 +145,13 @@ def train(args) -> Path:
     model.set_adapter("default")
     for round_index in range(args.rounds):
         repo = build_repository(repo, model, train_prompts, round_index, args, video, scored_add, timer)
-        with timer("pairs"):
-            pairs = select_pairs(repo, args, delta_id, judged=judge is not None)
-        run.write_json(f"pairs_round{round_index}.json", pairs)
+        pairs_file = run.dir / f"pairs_round{round_index}.json"
+        if pairs_file.exists():  # resumed: the round's own pairs (the repository has grown since, in later rounds)
+            pairs = json.loads(pairs_file.read_text())
+        else:
+            with timer("pairs"):
+                pairs = select_pairs(repo, args, delta_id, judged=judge is not None)
+            run.write_json(pairs_file.name, pairs)
         beta = args.beta if args.beta != "auto" else calibrated_beta(run, model, repo, pairs, args, round_index)
         for rule in ("identity", "dynamic"):
             stage, chosen = f"dpo_{rule}_round{round_index}", pairs[rule]

@@ -12,6 +12,7 @@ round, and the adapters it samples with), optimize (each stage's LoRA when it en
     final LoRA, and report.html shows each row's own numbers.
 """
 
+import gc
 import json
 import math
 
@@ -122,3 +123,23 @@ def test_the_report_shows_each_model_in_its_own_row(watched_run):
         row = page.split(f"<tr><td>{name}</td>", 1)[1].split("</tr>", 1)[0]
         assert r_dyn in row, (name, r_dyn, row)
     assert results["summary"]["identity stage"]["r_dyn"] != results["summary"]["MagicID"]["r_dyn"]
+
+
+def test_round_zeros_pairs_are_its_own_and_a_resume_keeps_them(watched_run):
+    """pairs_round0.json names round 0's videos only; resuming the finished run (the repository now holds round
+    1's videos too) must not choose round 0's pairs again from them (it did: the record was rewritten)."""
+    out, _ = watched_run
+    round1 = {e["id"] for e in Repository(out / "repository").entries() if e["seed"] >= 1000}
+    before = (out / "pairs_round0.json").read_text()
+    chosen = json.loads(before)
+    assert round1 and all(isinstance(i, type(v)) for i in round1 for rule in ("identity",)
+                          for pair in chosen[rule]["pairs"] for v in pair)   # ids compare (same type)
+    assert chosen["identity"]["pairs"] and not round1 & {v for rule in ("identity", "dynamic")
+                                                         for pair in chosen[rule]["pairs"] for v in pair}
+    gc.collect()   # the first run's objects (its run-folder lock among them) sit in reference cycles until now
+    try:
+        train.train(train.parse_args(["--ref", str(out.parent / "astronaut.png"), "--out", str(out), "--resume",
+                                      *ARGV]))
+    finally:
+        torch.set_flush_denormal(False)
+    assert (out / "pairs_round0.json").read_text() == before

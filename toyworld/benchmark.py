@@ -28,7 +28,10 @@ model) before any result; --ablations adds the paper's Tables 2 and 3 (toyworld/
     python toyworld/benchmark.py --procedural 1000123 --device cuda      # one held-out identity, as a user brings it
     python toyworld/benchmark.py --protocol --ablations --device cuda    # the protocol's six identities
 
-Table: mean ± 95 % bootstrap CI over identities × held-out prompts × seeds (eval.bootstrap_ci).
+Table: mean ± 95 % bootstrap CI over identities × held-out prompts × seeds (eval.bootstrap_ci). Claim 2 is also
+read paired: every model is sampled on the same identities, prompts and seeds, so
+    Δ = mean over (identity, prompt, seed) of [ r(MagicID video) − r(identity-stage video) ],
+with its own 95 % bootstrap CI (paired_difference), sees an effect the two unpaired intervals hide.
 """
 
 from __future__ import annotations
@@ -360,7 +363,7 @@ def report(results: dict) -> str:
             lines.append(f"| {variant} | " + " | ".join(f"{v:.2f}" for v in metrics["id_curve"]["mean"]) + " |")
         lines.append("")
     for key, title in (("paired_9", "9 frames"), ("paired_long", f"{long_frames} frames")):
-        if results.get(key):
+        if results.get(key) and all(results[key].values()):
             lines += [f"## MagicID − identity stage, paired by identity × prompt × seed ({title}): mean [95 % CI]", "",
                       "| " + " | ".join(results[key]) + " |", "|---" * len(results[key]) + "|",
                       "| " + " | ".join("{:+.3f} [{:+.3f}, {:+.3f}]".format(*ci) for ci in results[key].values()) + " |",
