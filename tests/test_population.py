@@ -160,7 +160,7 @@ def test_procedural_writes_reference_stills_and_runs_train_py_end_to_end(tmp_pat
                                                     "--dpo-dynamic-steps=1", "--sample-steps=2", "--eval-prompts=1",
                                                     "--eval-seeds=1")]
     argv = ["--procedural", "1000123", "--protocol-file", str(tmp_path / "protocol.json"), "--out",
-            str(tmp_path / "run"), "--no-base-check", "--no-curve", *tiny_run]
+            str(tmp_path / "run"), "--no-base-check", *tiny_run]
     results = benchmark.main(argv)
     stills = sorted((tmp_path / "run" / "refs" / "procedural_1000123").glob("still_*.png"))
     assert len(stills) == 3
@@ -171,6 +171,8 @@ def test_procedural_writes_reference_stills_and_runs_train_py_end_to_end(tmp_pat
     assert results["table_9"]["MagicID"]["n"] == 1 and "MagicID r_dyn above baseline" in results["claims"]
     assert set(results["paired_9"]) == {"r_dyn", "r_id"}     # MagicID − identity stage on the same video seed
     assert any("paired by identity" in claim for claim in results["claims"])
+    assert len(results["identity_fade"]) == 3 and results["paired_long"]["r_dyn"] is not None   # the 17-frame path
+    assert any("per video, last third" in claim for claim in results["claims"])
     assert (tmp_path / "run" / "procedural_1000123" / "magicid_lora").is_dir()
     assert "## Claims" in (tmp_path / "run" / "results.md").read_text()
     again = protocol.write_procedural_references(1_000_123, tmp_path / "run" / "refs", 3, encoder)

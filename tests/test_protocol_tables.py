@@ -106,3 +106,22 @@ def test_ablation_runs_are_valid_train_flags_and_their_folders_keep_the_old_name
     assert protocol.run_slug("identity pairs only") == "identity_pairs_only"   # folders made before still resume
     assert protocol.run_slug("with judge") == "with_judge"
     assert protocol.run_slug("identity pairs only two rounds") == "identity_pairs_only_two_rounds"
+
+
+def test_identity_fade_is_per_video_last_third_minus_first_third_over_frames_with_a_face():
+    curve = lambda values, found=None: dict(variant="identity stage", prompt="p", seed=0,  # noqa: E731
+                                            id_per_frame=values, id_found=found or [True] * len(values))
+    rows = [curve([0.9, 0.8, 0.7, 0.6, 0.5, 0.4]),                     # thirds 0.85 → 0.45: −0.40
+            curve([0.5, 0.0, 0.5, 0.5, 0.2, 0.0], [True, False, True, True, True, False]),  # 0.5 → 0.2: −0.30
+            {**curve([0.0] * 6), "variant": "MagicID"}]                # another model: not counted
+    mean, low, high = benchmark.identity_fade(rows)
+    assert mean == pytest.approx(-0.35) and high < 0
+    flat = [curve(list(np.random.default_rng(i).normal(0.5, 0.01, 17))) for i in range(30)]
+    assert benchmark.identity_fade(flat)[1] < 0 < benchmark.identity_fade(flat)[2]
+    assert benchmark.identity_fade([curve([0.5] * 6, [False] * 6)]) is None
+    ci = lambda v: (v, v - 0.1, v + 0.1)  # noqa: E731
+    table = {v: {"r_dyn": ci(1.0), "r_id": ci(0.5), "id_curve": {"mean": [0.5, 0.5, 0.49]}}
+             for v in ("base", "identity stage", "MagicID")}
+    claims = benchmark.check_claims(table, table, None, fade=(-0.005, -0.025, 0.017))
+    assert claims["baseline r_id fades over 17 frames (last third < first third)"] is True    # the mean's rule
+    assert claims["  (per video, last third − first third: 95 % CI below 0)"] is False         # the interval's
