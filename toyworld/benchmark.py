@@ -23,15 +23,14 @@ EVAL_SEEDS: train.py's evaluation seeds 10000 + 100·prompt + seed), LONG_FRAMES
 
 The population benchmark (issue 26): held-out procedural identities (toyworld/identities.py, seeds ≥ 1,000,000)
 on the population base, with the protocol toyworld/heldout_protocol.json fixed (identities, prompts, seeds,
-model) before any result; --ablations adds the paper's Tables 2 and 3 (toyworld/protocol.py):
+model) before any result; --ablations adds the paper's Tables 2 and 3 with the two-round rows of the change for
+claim 2 (ours; toyworld/protocol.py):
 
     python toyworld/benchmark.py --procedural 1000123 --device cuda      # one held-out identity, as a user brings it
     python toyworld/benchmark.py --protocol --ablations --device cuda    # the protocol's six identities
 
-Table: mean ± 95 % bootstrap CI over identities × held-out prompts × seeds (eval.bootstrap_ci). Claim 2 is also
-read paired: every model is sampled on the same identities, prompts and seeds, so
-    Δ = mean over (identity, prompt, seed) of [ r(MagicID video) − r(identity-stage video) ],
-with its own 95 % bootstrap CI (paired_difference), sees an effect the two unpaired intervals hide.
+Table: mean ± 95 % bootstrap CI over identities × held-out prompts × seeds (eval.bootstrap_ci); the claims and
+their paired intervals (MagicID − identity stage video by video) are read by toyworld/claims.py.
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 import evaluate  # noqa: E402
 import flags  # noqa: E402
-from toyworld import base_check, protocol as population  # noqa: E402
+from toyworld import base_check, claims, protocol as population  # noqa: E402
 import train  # noqa: E402
 
 IDENTITIES = ("astronaut", "grace_hopper")
@@ -63,7 +62,6 @@ LONG_FRAMES = 17    # the identity curve's video length; train.py trains and eva
 TOY_JUDGE = ROOT / "weights" / "toyworld-judge"  # Table 3's default prompt judge (toyworld/train_judge.py)
 VARIANTS = {"base": None, "identity stage": "reference", "MagicID": "default"}  # train.py's adapter names
 TABLE_METRICS = ("r_id", "face_hit_rate", "r_dyn", "dynamic_degree")
-PAIRED_METRICS = ("r_dyn", "r_id")   # the two claim 2 is about (paired_difference)
 # What a run is measured with: the shipped-photo benchmark's (above), or a protocol's (population_setup).
 PHOTO_SETUP = dict(model="tiny", train_prompts=str(TRAIN_PROMPTS), heldout_prompts=str(HELDOUT_PROMPTS),
                    people_prompts=str(HELDOUT_PEOPLE), eval_seeds=EVAL_SEEDS, seed=SEED, long_frames=LONG_FRAMES,
@@ -83,7 +81,8 @@ def main(argv=None) -> dict:
                    help="the fixed protocol of --procedural / --protocol runs")
     p.add_argument("--model", default=None, help="tiny preset (default: tiny; the protocol's for --procedural)")
     p.add_argument("--ablations", action="store_true",
-                   help="also the runs of Tables 2 and 3 (identity pairs only; with --judge: + semantic)")
+                   help="also the runs of Tables 2 and 3 (identity pairs only; two online rounds with and without "
+                        "dynamic pairs, ours; with --judge: + semantic): five train.py runs per identity")
     p.add_argument("--judge", default=f"clip:{TOY_JUDGE}" if TOY_JUDGE.is_dir() else None,
                    help="train.py --judge for Table 3's + semantic row (clip:DIR / vlm:DIR; default: the toy "
                         "prompt judge, weights/toyworld-judge, toyworld/train_judge.py)")
@@ -132,13 +131,12 @@ def main(argv=None) -> dict:
     for run, run_flags in runs.items():
         rows = {"9": [], "long": [], "people": []}
         for name, ref in references.items():
-            run_dir = out / (name.replace("/", "_") + ("" if run == "main" else "__" + population.run_slug(run)))
+            run_dir = population.run_folder(out, name, run)
             train.main(train_argv(ref, run_dir, [*args.train_arg, *run_flags], args.device, setup))
             for key, run_rows in evaluate_run(ref, run_dir, args.device, curve=not args.no_curve and run == "main",
                                               setup=setup).items():
                 rows[key] += [{**r, "identity": name} for r in run_rows]
-        summaries[run] = evaluate.summarize(rows["9"], list(VARIANTS))
-        paired[run] = {m: paired_difference(rows["9"], m) for m in PAIRED_METRICS}
+        summaries[run], paired[run] = claims.run_statistics(rows["9"], list(VARIANTS))
         if run == "main":
             main_rows = rows
     rows = main_rows
@@ -151,11 +149,11 @@ def main(argv=None) -> dict:
                "per_identity_9": {n: evaluate.summarize([r for r in rows["9"] if r["identity"] == n], list(VARIANTS))
                                   for n in identities},
                "paired_9": paired["main"],
-               "paired_long": {m: paired_difference(rows["long"], m) for m in PAIRED_METRICS} if rows["long"] else None,
+               "paired_long": claims.run_statistics(rows["long"], list(VARIANTS))[1] if rows["long"] else None,
                "ablations": population.ablation_tables(summaries, args.judge, paired) if args.ablations else None}
-    results["identity_fade"] = identity_fade(rows["long"]) if rows["long"] else None
-    results["claims"] = check_claims(results["table_9"], results["table_long"], results["table_people"],
-                                     setup["long_frames"], results["paired_9"], results["identity_fade"])
+    results["identity_fade"] = claims.identity_fade(rows["long"]) if rows["long"] else None
+    results["claims"] = claims.check_claims(results["table_9"], results["table_long"], results["table_people"],
+                                            setup["long_frames"], results["paired_9"], results["identity_fade"])
     results["repository"] = {n: repository_scatter(out / n.replace("/", "_")) for n in identities}
     text = report(results)
     print(text)
@@ -278,80 +276,6 @@ def repository_scatter(run_dir: Path, moving_px: float = 2.0) -> dict:
         counts["both"] += face and moving
         counts["points"].append((round(rewards["r_id"], 3), round(rewards["r_dyn"], 2)))
     return scatter
-
-
-def paired_difference(rows: list[dict], metric: str, low: str = "identity stage", high: str = "MagicID"):
-    """(mean, low, high): the 95 % bootstrap interval of `high` − `low` in `metric`, video by video.
-
-    Every model is sampled on the same identities, prompts and seeds, so the difference of two videos made
-    from one (identity, prompt, seed) removes what that prompt and seed bring to both (a prompt asking for a
-    pan moves more than one asking to stand still, for every model). The two unpaired intervals each carry
-    that spread, so they can overlap while every pair moves the same way: the paired interval is the test
-    the protocol's design allows (the paper's tables give means only). Videos without a partner are left out."""
-    key = lambda r: (r.get("identity"), r["prompt"], r["seed"])  # noqa: E731
-    lows = {key(r): r[metric] for r in rows if r["variant"] == low and r[metric] is not None}
-    differences = [r[metric] - lows[key(r)] for r in rows
-                   if r["variant"] == high and r[metric] is not None and key(r) in lows]
-    if not differences:
-        return None
-    return evaluate.bootstrap_ci(differences)
-
-
-def identity_fade(rows: list[dict], variant: str = "identity stage"):
-    """(mean, low, high): each `variant` video's r_id over its last third of frames minus its first third (frames
-    with a face found), with the 95 % bootstrap CI: below 0 when the identity fades along the video. Per video,
-    like paired_difference, so a drop of a few thousandths in the mean curve does not read as fading."""
-    drops = []
-    for r in rows:
-        if r["variant"] != variant:
-            continue
-        cosine, found = np.asarray(r["id_per_frame"], float), np.asarray(r["id_found"], bool)   # [S] each
-        third = len(cosine) // 3
-        first, last = found[:third], found[-third:]
-        if third and first.any() and last.any():
-            drops.append(cosine[-third:][last].mean() - cosine[:third][first].mean())
-    return evaluate.bootstrap_ci(drops) if drops else None
-
-
-def check_claims(short: dict, long: dict | None, people: dict | None, long_frames: int = LONG_FRAMES,
-                 paired: dict | None = None, fade: tuple | None = None) -> dict:
-    """Each claim as the paper states it, on the means (and whether the 95 % intervals separate, and, with
-    `paired` = paired_difference's MagicID − identity stage per metric, whether that interval clears 0);
-    the fading claim only with the identity curve (long: None without it), the person-motion ones only
-    with those prompts (people: None in a protocol setup)."""
-    def mean(table, variant, metric):
-        return table[variant][metric][0]
-
-    def separated(table, low, high, metric):
-        return table[low][metric][2] < table[high][metric][1]  # low's upper bound below high's lower bound
-
-    claims = {
-        "baseline r_dyn below base": bool(mean(short, "identity stage", "r_dyn") < mean(short, "base", "r_dyn")),
-        "  (95 % CIs separate)": bool(separated(short, "identity stage", "base", "r_dyn")),
-        "MagicID r_dyn above baseline": bool(mean(short, "MagicID", "r_dyn") > mean(short, "identity stage", "r_dyn")),
-        "  (95 % CIs separate) ": bool(separated(short, "identity stage", "MagicID", "r_dyn")),
-        "MagicID r_id not below baseline": bool(mean(short, "MagicID", "r_id") >= mean(short, "identity stage", "r_id")),
-    }
-    if paired is not None and paired.get("r_dyn") and paired.get("r_id"):
-        claims["  (paired by identity × prompt × seed: MagicID − baseline r_dyn, 95 % CI above 0)"] = \
-            bool(paired["r_dyn"][1] > 0)
-        claims["  (paired: MagicID − baseline r_id, 95 % CI reaches 0 or above)"] = bool(paired["r_id"][2] >= 0)
-    claims.update({} if people is None else {
-        "person-motion prompts: MagicID r_dyn above baseline":
-            bool(mean(people, "MagicID", "r_dyn") > mean(people, "identity stage", "r_dyn")),
-        "  (95 % CIs separate)  ": bool(separated(people, "identity stage", "MagicID", "r_dyn")),
-        "person-motion prompts: MagicID r_id not below baseline":
-            bool(mean(people, "MagicID", "r_id") >= mean(people, "identity stage", "r_id")),
-    })
-    if long is None:
-        return claims
-    curve = {v: np.asarray(long[v]["id_curve"]["mean"]) for v in VARIANTS}
-    third = {v: (float(c[: len(c) // 3].mean()), float(c[-(len(c) // 3):].mean())) for v, c in curve.items()}
-    claims[f"baseline r_id fades over {long_frames} frames (last third < first third)"] = \
-        bool(third["identity stage"][1] < third["identity stage"][0])
-    if fade is not None:   # identity_fade's per-video interval
-        claims["  (per video, last third − first third: 95 % CI below 0)"] = bool(fade[2] < 0)
-    return {**claims, "id_curve_thirds": third}
 
 
 def report(results: dict) -> str:

@@ -16,10 +16,10 @@ The ablations, in the paper's form, from train.py runs that differ in one settin
                      and "the dynamic pairs"
   Table 3 (rewards)  ID = identity pairs only (r_id alone chooses them) | + dynamic = MagicID (hybrid pairs:
                      r_id and r_dyn) | + semantic = MagicID with a prompt judge (--judge; missing without one)
-Each row also gives its difference to the identity stage paired by identity × prompt × seed (benchmark.py's
+Each row also gives its difference to the identity stage paired by identity × prompt × seed (claims.py's
 paired_difference), the interval that sees the small effects of this world.
 
-Exports: PROTOCOL_FILE, ABLATIONS, load_protocol, write_procedural_references, ablation_tables, run_slug.
+Exports: PROTOCOL_FILE, ABLATIONS, load_protocol, write_procedural_references, run_folder, ablation_tables.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import json
 import re
 from pathlib import Path
 
+from toyworld.claims import PAIRED_METRICS
 from toyworld.identities import HELDOUT_FROM, reference_stills
 
 PROTOCOL_FILE = Path(__file__).resolve().parent / "heldout_protocol.json"
@@ -36,7 +37,6 @@ ABLATIONS = {"identity pairs only": ["--dpo-dynamic-steps", "0"],
              "two rounds": ["--rounds", "2"],                                              # ours
              "identity pairs only two rounds": ["--rounds", "2", "--dpo-dynamic-steps", "0"]}  # ours
 TABLE_COLUMNS = ("r_id", "face_hit_rate", "r_dyn", "dynamic_degree")
-PAIRED_COLUMNS = ("r_id", "r_dyn")   # Δ to the identity stage, paired
 
 
 def load_protocol(path: Path = PROTOCOL_FILE) -> dict:
@@ -72,15 +72,17 @@ def write_procedural_references(seed: int, folder: Path, stills: int, encoder) -
     return own
 
 
-def run_slug(run: str) -> str:
-    """An ablation run's folder suffix: "identity pairs only" → "identity_pairs_only"."""
-    return re.sub(r"[^a-z0-9]+", "_", run.lower()).strip("_")
+def run_folder(out: Path, identity: str, run: str = "main") -> Path:
+    """Where benchmark.py puts `identity`'s run of `run` (an ABLATIONS name, "with judge" or "main"):
+    out/procedural_1000003, out/procedural_1000003__identity_pairs_only, ..."""
+    slug = re.sub(r"[^a-z0-9]+", "_", run.lower()).strip("_")
+    return Path(out) / (identity.replace("/", "_") + ("" if run == "main" else "__" + slug))
 
 
 def ablation_tables(summaries: dict[str, dict], judge: str | None, paired: dict[str, dict] | None = None) -> str:
     """Tables 2 and 3 from summaries {"main": evaluate.summarize(...) of base / identity stage / MagicID,
     <ABLATIONS name>: the same of that run, "with judge": MagicID with --judge (or absent)} and, per run,
-    paired {metric: (mean, low, high)} of its MagicID − identity stage (benchmark.paired_difference)."""
+    paired {metric: (mean, low, high)} of its MagicID − identity stage (claims.run_statistics)."""
     paired = paired or {}
     main = summaries["main"]
 
@@ -93,9 +95,9 @@ def ablation_tables(summaries: dict[str, dict], judge: str | None, paired: dict[
              row("identity + dynamic (MagicID)", "main"),
              row("identity, 2 online rounds (ours)", "identity pairs only two rounds"),
              row("identity + dynamic, 2 online rounds (ours)", "two rounds")]
-    rows3 = [("ID", *rows2[1][1:]), ("ID + dynamic", *rows2[2][1:]), row("ID + dynamic + semantic", "with judge")]
+    rows3 = [row("ID", "identity pairs only"), row("ID + dynamic", "main"), row("ID + dynamic + semantic", "with judge")]
     missing3 = "" if judge else " (+ semantic: missing: no toy-world prompt judge was given, --judge)"
-    header = list(TABLE_COLUMNS) + [f"Δ{m} paired" for m in PAIRED_COLUMNS]
+    header = list(TABLE_COLUMNS) + [f"Δ{m} paired" for m in PAIRED_METRICS]
     lines = []
     for title, rows in (("Table 2: preference pairs", rows2), ("Table 3: rewards" + missing3, rows3)):
         lines += [f"## {title} (held-out prompts, 9 frames; mean [95 % CI]; Δ: minus the identity stage, "
@@ -107,7 +109,7 @@ def ablation_tables(summaries: dict[str, dict], judge: str | None, paired: dict[
                 continue
             cells = [f"{metrics[m][0]:.3f} [{metrics[m][1]:.3f}, {metrics[m][2]:.3f}]" for m in TABLE_COLUMNS]
             cells += ["{:+.3f} [{:+.3f}, {:+.3f}]".format(*delta[m]) if delta and delta.get(m) else "—"
-                      for m in PAIRED_COLUMNS]
+                      for m in PAIRED_METRICS]
             lines.append(f"| {name} | {metrics['n']} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
