@@ -336,6 +336,11 @@ class RunLock:
         """After a failed start: remove the folder if this start created it, and let it go."""
         if self.created:
             shutil.rmtree(self.dir, ignore_errors=True)
+        self.release()
+
+    def release(self) -> None:
+        """Let the folder go (a finished run, or a failed start): another train.py, in this process or
+        another, may take it now. Without this the lock lasts as long as the process does."""
         if self.handle is not None:
             self.handle.close()
             self.handle = None

@@ -111,8 +111,8 @@ def load_toy_face_net(folder: str | Path = TOYFACE_WEIGHTS) -> ToyFaceNet:
 
 # ---- the detector (toyworld/train_face_detector.py trains it) ---------------------------------------------------
 
-SIZE, STRIDE = 128, 8           # px: frames are resized to SIZE²; the heat map has (SIZE / STRIDE)² cells
-THRESHOLD = 0.35                # sigmoid(heat) a face needs (chosen on held-out renders: toyworld/README.md)
+DETECT_SIZE, DETECT_STRIDE = 128, 8  # px: frames are resized to DETECT_SIZE²; the heat map has (128 / 8)² cells
+DETECT_THRESHOLD = 0.35              # sigmoid(heat) a face needs (chosen on held-out renders: toyworld/README.md)
 DETECTOR_WEIGHTS = Path(__file__).resolve().parent / "weights" / "toy-face-detector"
 FACE_HALF, FACE_BELOW = 0.765, 0.21  # dlib's box around a head of half-height h: ±0.765 h, centred 0.21 h lower
 
@@ -154,29 +154,29 @@ class ToyFaceDetector:
         config = json.loads((folder / "config.json").read_text())
         self.net = FaceDetectorNet(config["width"]).eval()
         self.net.load_state_dict(load_file(str(folder / "model.safetensors")))
-        self.threshold = threshold if threshold is not None else config.get("threshold", THRESHOLD)
+        self.threshold = threshold if threshold is not None else config.get("threshold", DETECT_THRESHOLD)
 
     @torch.no_grad()
     def detect(self, frames: np.ndarray) -> list[list[tuple[np.ndarray, float]]]:
         frames = np.asarray(frames)
         height, width = frames.shape[1:3]
         x = torch.from_numpy(np.array(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1  # [F, 3, H, W] (a copy)
-        x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
-        scale = np.array([width, height, width, height], np.float32) / SIZE
+        x = F.interpolate(x, size=(DETECT_SIZE, DETECT_SIZE), mode="bilinear", antialias=True, align_corners=False)
+        scale = np.array([width, height, width, height], np.float32) / DETECT_SIZE
         return [[(box * scale, score) for box, score in peaks] for peaks in decode(self.net(x), self.threshold)]
 
 
 def decode(out: torch.Tensor, threshold: float) -> list[list[tuple[np.ndarray, float]]]:
-    """The net's output [B, 4, G, G] -> per image, the faces (box in SIZE px, score), strongest first."""
+    """The net's output [B, 4, G, G] -> per image, the faces (box in DETECT_SIZE px, score), strongest first."""
     heat = torch.sigmoid(out[:, 0])                                                    # [B, G, G]
     peaks = (heat == F.max_pool2d(heat[:, None], 3, 1, 1)[:, 0]) & (heat >= threshold)
     faces = []
     for b in range(len(out)):
         found = []
         for i, j in peaks[b].nonzero().tolist():
-            cx = (j + torch.sigmoid(out[b, 2, i, j]).item()) * STRIDE
-            cy = (i + torch.sigmoid(out[b, 3, i, j]).item()) * STRIDE
-            found.append((head_to_face_box(cx, cy, float(np.exp(out[b, 1, i, j].item())) * SIZE), heat[b, i, j].item()))
+            cx = (j + torch.sigmoid(out[b, 2, i, j]).item()) * DETECT_STRIDE
+            cy = (i + torch.sigmoid(out[b, 3, i, j]).item()) * DETECT_STRIDE
+            found.append((head_to_face_box(cx, cy, float(np.exp(out[b, 1, i, j].item())) * DETECT_SIZE), heat[b, i, j].item()))
         kept = []  # a big head can peak in two cells: a weaker face centred inside a stronger one's box is the same
         for box, score in sorted(found, key=lambda face: -face[1]):
             centre = (box[:2] + box[2:]) / 2
@@ -209,6 +209,8 @@ class ToyFaceEncoder(FaceEncoder):
                 f"{self.dim}-d, {self.folder})")
 
     def find_faces(self, image: np.ndarray, thorough: bool = False, confident: bool = False) -> list[Face]:
+        """Faces in one image. `thorough` (dlib: upsample and search harder) changes nothing here: the toy
+        detector's one pass at DETECT_SIZE already covers every head size the world draws (45-83 px at 128)."""
         return self.find_video_faces(np.asarray(image)[None], confident)[0]
 
     def find_video_faces(self, frames: np.ndarray, confident: bool = False) -> list[list[Face]]:

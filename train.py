@@ -179,6 +179,8 @@ def train(args) -> Path:
         with timer("report"):
             path = report.write_report(run.dir, results, repo, run.read_log(), encoder.describe())
         print(f"{timer.table()}\nMagicID LoRA: {run.dir / 'magicid_lora'}\nreport: {path}")
+    if lock is not None:
+        lock.release()   # finished: a caller in this process (benchmark.py, tests) may resume it
     return run.dir
 
 

@@ -12,7 +12,6 @@ round, and the adapters it samples with), optimize (each stage's LoRA when it en
     final LoRA, and report.html shows each row's own numbers.
 """
 
-import gc
 import json
 import math
 
@@ -127,12 +126,11 @@ def test_the_report_shows_each_model_in_its_own_row(watched_run):
 
 def test_a_resume_keeps_each_rounds_pairs(watched_run):
     """Resuming the finished run (its repository now holds round 1's videos too) must not choose round 0's pairs
-    again from them (it did: pairs_round0.json was rewritten with pairs of round-1 videos). Last in this file:
-    it resumes the shared run."""
+    again from them (it did: pairs_round0.json was rewritten with pairs of round-1 videos). In this process, so
+    the finished run must have let its folder's lock go. Last in this file: it resumes the shared run."""
     out, _ = watched_run
     before = {name: (out / name).read_text() for name in ("pairs_round0.json", "pairs_round1.json")}
     assert any(e["seed"] >= 1000 for e in Repository(out / "repository").entries())   # round 1's videos are there
-    gc.collect()   # the first run's objects (its run-folder lock among them) sit in reference cycles until now
     try:
         train.train(train.parse_args(["--ref", str(out.parent / "astronaut.png"), "--out", str(out), "--resume",
                                       *ARGV]))

@@ -14,7 +14,8 @@
 # The weights to continue from are the shipped base, weights/tiny-toyworld/ (33 MB, tracked: it travels with the
 # tree, 52 MB with it); .gpumin/init/ (transformer.safetensors.xz, text_encoder.safetensors) wins where present.
 # The first call copies them into /tmp/tw (kept while the machine stays warm: back-to-back calls continue from
-# /tmp/tw, where each call leaves its weights). The weights come back under $OUT split below 16 MB a file:
+# /tmp/tw, where each call leaves its weights). FRESH=1 bash toyworld/pretrain_on_device.sh ... starts from
+# random weights instead (pretrain.py's own initialization; a new base, not a continuation). The weights come back under $OUT split below 16 MB a file:
 #   cat transformer.safetensors.part* > weights/tiny-toyworld/transformer.safetensors     (text_encoder likewise)
 # (Not all of .gpumin when it also holds face.tar.xz, 32 MB: the call would pass 64 MiB.) Then, on the same warm
 # machine, toyworld/protocol_on_device.sh runs the benchmark on /tmp/tw's weights. toyworld/README.md ("Face-weighted
@@ -27,7 +28,9 @@ fi
 export PYTHONPATH=/tmp/site
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 mkdir -p /tmp/tw
-if [ ! -f /tmp/tw/transformer.safetensors ] && [ -f .gpumin/init/transformer.safetensors.xz ]; then
+if [ "${FRESH:-0}" = 1 ]; then   # a new base from scratch: nothing to continue from
+  rm -f /tmp/tw/*.safetensors
+elif [ ! -f /tmp/tw/transformer.safetensors ] && [ -f .gpumin/init/transformer.safetensors.xz ]; then
   xz -dc .gpumin/init/transformer.safetensors.xz > /tmp/tw/transformer.safetensors
   cp .gpumin/init/text_encoder.safetensors /tmp/tw/
 elif [ ! -f /tmp/tw/transformer.safetensors ] && [ -f weights/tiny-toyworld/transformer.safetensors ]; then

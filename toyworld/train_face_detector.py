@@ -38,12 +38,13 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from toy_face import DETECTOR_WEIGHTS as WEIGHTS, SIZE, STRIDE, THRESHOLD, FaceDetectorNet, ToyFaceDetector, head_to_face_box  # noqa: E402,F401
+from toy_face import (DETECTOR_WEIGHTS as WEIGHTS, DETECT_SIZE, DETECT_STRIDE, DETECT_THRESHOLD,  # noqa: E402,F401
+                      FaceDetectorNet, ToyFaceDetector, head_to_face_box)
 
 def targets(heads: np.ndarray) -> tuple[torch.Tensor, ...]:
-    """Heads [B, 3] (centre x, y, half-height in SIZE px; half 0: no one) -> heat [B, G, G] (a Gaussian of
-    σ = max(0.7, half / 3 / STRIDE) cells at the centre), and at the centre cell: mask, log size, offsets."""
-    G = SIZE // STRIDE
+    """Heads [B, 3] (centre x, y, half-height in DETECT_SIZE px; half 0: no one) -> heat [B, G, G] (a Gaussian of
+    σ = max(0.7, half / 3 / DETECT_STRIDE) cells at the centre), and at the centre cell: mask, log size, offsets."""
+    G = DETECT_SIZE // DETECT_STRIDE
     B = len(heads)
     heat, mask = torch.zeros(B, G, G), torch.zeros(B, G, G, dtype=torch.bool)
     size, offset = torch.zeros(B, G, G), torch.zeros(B, 2, G, G)
@@ -51,12 +52,12 @@ def targets(heads: np.ndarray) -> tuple[torch.Tensor, ...]:
     for b, (cx, cy, half) in enumerate(heads):
         if half <= 0:
             continue
-        gx, gy = cx / STRIDE, cy / STRIDE
+        gx, gy = cx / DETECT_STRIDE, cy / DETECT_STRIDE
         i, j = int(np.clip(gy, 0, G - 1)), int(np.clip(gx, 0, G - 1))
-        sigma = max(0.7, half / 3 / STRIDE)
+        sigma = max(0.7, half / 3 / DETECT_STRIDE)
         heat[b] = torch.exp(-((grid[None, :] - j) ** 2 + (grid[:, None] - i) ** 2) / (2 * sigma**2))
         mask[b, i, j] = True
-        size[b, i, j] = float(np.log(half / SIZE))
+        size[b, i, j] = float(np.log(half / DETECT_SIZE))
         offset[b, :, i, j] = torch.tensor([np.clip(gx - j, 0, 1), np.clip(gy - i, 0, 1)])
     return heat, mask, size, offset
 
@@ -88,12 +89,12 @@ def render_pool(videos: int, seed: int, people_share: float = 0.75, frames: int 
     world.people = identities.PopulationWorld(world)
     all_frames, all_heads = [], []
     for start in range(0, videos, 32):
-        clips, _, _, heads = world.batch(min(32, videos - start), frames, SIZE, with_faces=True)  # [n, 3, F, H, W]
+        clips, _, _, heads = world.batch(min(32, videos - start), frames, DETECT_SIZE, with_faces=True)  # [n, 3, F, H, W]
         through_vae = world.rng.random(len(clips)) < vae_share
         if through_vae.any():
             clips[torch.from_numpy(through_vae)] = vae_round_trip(clips[torch.from_numpy(through_vae)])
         clips = toy.to_uint8(clips)                                                       # [n, F, H, W, 3]
-        all_frames.append(clips.reshape(-1, SIZE, SIZE, 3))
+        all_frames.append(clips.reshape(-1, DETECT_SIZE, DETECT_SIZE, 3))
         all_heads.append(heads.reshape(-1, 3))
     return np.concatenate(all_frames), np.concatenate(all_heads).astype(np.float32)
 
@@ -105,14 +106,14 @@ def degrade(x: torch.Tensor, heads: np.ndarray, rng) -> tuple[torch.Tensor, np.n
     for b in range(len(x)):
         if rng.random() < 0.3 and heads[b, 2] > 0:                    # zoom in up to 2x, keeping the head inside
             z = rng.uniform(1.0, 2.0)
-            side = SIZE / z
+            side = DETECT_SIZE / z
             cx, cy = heads[b, :2]
-            x0 = float(np.clip(cx - rng.uniform(0.3, 0.7) * side, 0, SIZE - side))
-            y0 = float(np.clip(cy - rng.uniform(0.3, 0.7) * side, 0, SIZE - side))
+            x0 = float(np.clip(cx - rng.uniform(0.3, 0.7) * side, 0, DETECT_SIZE - side))
+            y0 = float(np.clip(cy - rng.uniform(0.3, 0.7) * side, 0, DETECT_SIZE - side))
             left, top, width = int(x0), int(y0), int(side)                 # one square, cut and mapped alike
             crop = x[b:b + 1, :, top:top + width, left:left + width]
-            x[b] = F.interpolate(crop, size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0]
-            heads[b] = [(cx - left) * SIZE / width, (cy - top) * SIZE / width, heads[b, 2] * SIZE / width]
+            x[b] = F.interpolate(crop, size=(DETECT_SIZE, DETECT_SIZE), mode="bilinear", align_corners=False)[0]
+            heads[b] = [(cx - left) * DETECT_SIZE / width, (cy - top) * DETECT_SIZE / width, heads[b, 2] * DETECT_SIZE / width]
         if rng.random() < 0.6:                                        # blur, σ up to 1.8 px
             sigma = rng.uniform(0.3, 1.8)
             k = torch.arange(-4, 5).float()
@@ -123,7 +124,7 @@ def degrade(x: torch.Tensor, heads: np.ndarray, rng) -> tuple[torch.Tensor, np.n
             x[b] = F.conv2d(F.pad(img, (0, 0, 4, 4), mode="replicate"), kernel.view(1, 1, 9, 1)).transpose(0, 1)[0]
         if rng.random() < 0.4:                                        # down to 32-96 px and back
             small = int(rng.uniform(32, 96))
-            x[b] = F.interpolate(F.interpolate(x[b:b + 1], size=small, mode="area"), size=SIZE, mode="bilinear",
+            x[b] = F.interpolate(F.interpolate(x[b:b + 1], size=small, mode="area"), size=DETECT_SIZE, mode="bilinear",
                                  align_corners=False)[0]
     gain = torch.from_numpy(rng.uniform(0.75, 1.25, (len(x), 3, 1, 1))).float()
     shift = torch.from_numpy(rng.uniform(-0.15, 0.15, (len(x), 3, 1, 1))).float()
@@ -157,7 +158,7 @@ def train(minutes: float, pool_videos: int, seed: int = 0, width: int = 64, batc
             print(log[-1], flush=True)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "model.safetensors"))
-    config = {"width": width, "threshold": THRESHOLD, "size": SIZE, "stride": STRIDE, "pool_videos": pool_videos,
+    config = {"width": width, "threshold": DETECT_THRESHOLD, "size": DETECT_SIZE, "stride": DETECT_STRIDE, "pool_videos": pool_videos,
               "seed": seed, "steps": step, "minutes": minutes, "batch_size": batch_size, "lr": lr}
     (out / "config.json").write_text(json.dumps(config, indent=1))
     (out / "train_log.json").write_text(json.dumps(log))
@@ -172,13 +173,13 @@ def check_on_renders(detector: ToyFaceDetector, identities_n: int = 24, first: i
 
     world = toy.ToyWorld("cpu", seed=seed)
     people, _, _, heads = identities.render_identity_videos(list(range(first, first + identities_n)), world, frames=5,
-                                                            size=SIZE, with_faces=True)
+                                                            size=DETECT_SIZE, with_faces=True)
     canvases = toy.render(world.backgrounds(identities_n), torch.from_numpy(np.stack(
-        [toy.camera_path("still", 5, SIZE, world.rng) for _ in range(identities_n)])).float(), SIZE)
+        [toy.camera_path("still", 5, DETECT_SIZE, world.rng) for _ in range(identities_n)])).float(), DETECT_SIZE)
     rng = np.random.default_rng(seed)
     result = {}
     for name, videos, truth in (("people", people, heads), ("no one", canvases, None)):
-        frames = toy.to_uint8(videos).reshape(-1, SIZE, SIZE, 3)
+        frames = toy.to_uint8(videos).reshape(-1, DETECT_SIZE, DETECT_SIZE, 3)
         for degraded in (False, True):
             x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
             if degraded:
