@@ -143,3 +143,17 @@ def _cycle_through(start: str, group: set[str], graph: dict[str, set[str]]) -> l
                     following.append(nxt)
         frontier = following
     raise AssertionError(f"{sorted(group)} is not a cycle")
+
+
+def test_no_module_of_ours_hides_another_package():
+    """`python toyworld/x.py` puts toyworld/ first on sys.path (and `python train.py` the root), so a file of ours
+    named like a module someone imports hides it: toyworld/tabulate.py once hid the package torch._dynamo imports
+    at exit on the GPU machine. Ours against the standard library, what is installed, and what torch and
+    diffusers import only on GPU machines."""
+    import importlib.metadata
+    import sys as system
+
+    ours = {p.stem for folder in (ROOT, ROOT / "toyworld", ROOT / "bench") for p in folder.glob("*.py")}
+    theirs = set(system.stdlib_module_names) | set(importlib.metadata.packages_distributions())
+    theirs |= {"tabulate", "triton", "flash_attn", "xformers", "sympy", "networkx", "jinja2", "filelock", "fsspec"}
+    assert not ours & theirs

@@ -1,11 +1,11 @@
-"""toyworld/tabulate.py — the protocol's tables and paired differences from finished runs, without the model.
+"""toyworld/protocol_tables.py — the protocol's tables and paired differences from finished runs, without the model.
 
 benchmark.py --protocol [--ablations] prints its tables when every run is made in one call. Runs made by separate
 calls (on the device: the two-round rows of Table 2 came after the first call's three runs) are put together here
 from each run's own evaluation caches (eval/*.json at 9 frames, eval_17f/*.json at 17: one row per model, prompt
 and seed, as a finished run wrote them; nothing is recomputed, so give folders of finished runs only):
 
-    python toyworld/tabulate.py MAIN [--run "NAME=FOLDER" ...] > toyworld/results/protocol-paired-h100.md
+    python toyworld/protocol_tables.py MAIN [--run "NAME=FOLDER" ...] > toyworld/results/protocol-paired-h100.md
 
 MAIN is a benchmark.py --out folder (its ablation runs beside the main ones are found by name); each --run adds an
 ablation run (a protocol.ABLATIONS name) whose main runs are in FOLDER. Printed: Tables 2 and 3 (protocol.py), and
