@@ -19,7 +19,7 @@ the identity: "a blond person with glasses nods, camera still".
 Framing at 128 px: head-and-shoulders shots put the head at 58-83 px tall, medium shots at 46-58 px
 (the head's half-height is `scale` canvas px; output height = 2·scale / (2·half) · size).
 
-Exports: HELDOUT_FROM, IDENTITY_MOTIONS, HeldOutIdentityError, check_pretraining_seed, identity,
+Exports: HELDOUT_FROM, GEOMETRY, IDENTITY_MOTIONS, HeldOutIdentityError, check_pretraining_seed, identity,
 PopulationWorld, render_identity_videos, face_boxes, reference_stills, caption.
 """
 
@@ -57,6 +57,14 @@ def check_pretraining_seed(seed: int) -> int:
     return seed
 
 
+# The face's geometric features and their ranges (head half-heights; eye_size, eye_open, lip_size, ear_size are
+# scales): identity() draws each uniformly in its range; toyworld/identity_spread.py widens them.
+GEOMETRY = {"width": (0.62, 0.92), "jaw": (0.0, 0.5), "eye_gap": (0.25, 0.40), "eye_size": (0.8, 1.3),
+            "eye_open": (0.6, 1.4), "eye_y": (-0.2, -0.04), "nose_length": (0.16, 0.38), "nose_width": (0.05, 0.1),
+            "mouth_width": (0.18, 0.36), "mouth_y": (0.5, 0.68), "lip_size": (0.7, 1.4), "brow": (0.025, 0.08),
+            "brow_lift": (0.17, 0.27), "ear_size": (0.8, 1.25), "cheek_x": (0.45, 0.65)}
+
+
 def identity(seed: int) -> dict:
     """The identity of `seed`: the look people.render_people draws (its keys and FEATURE_DEFAULTS'), plus
     'seed', 'hair_style' and 'facial_hair' for captions. Lengths are in head half-heights."""
@@ -71,22 +79,26 @@ def identity(seed: int) -> dict:
         hair = np.clip(hair + (0.2 - abs(contrast)) * (1 if contrast >= 0 and skin.mean() < 0.75 else -1), 0, 1)
     style = HAIR_STYLES[r.choice(3, p=[0.55, 0.35, 0.10])]
     beard, moustache = r.random() < 0.18, r.random() < 0.22
+
+    def shape(feature):   # one GEOMETRY feature, drawn where it stands below (the draws' order is the identity)
+        return r.uniform(*GEOMETRY[feature])
+
     return {
         "seed": seed, "hair_name": hair_name, "hair_style": style,
         "facial_hair": "a beard" if beard else "a moustache" if moustache else None,
         "skin": np.clip(skin * r.uniform(0.93, 1.07, 3), 0, 1),
         "hair": hair,
         "long_hair": style == "long", "bald": style == "bald",
-        "width": r.uniform(0.62, 0.92), "jaw": r.uniform(0.0, 0.5),
-        "eye_gap": r.uniform(0.25, 0.40), "eye_size": r.uniform(0.8, 1.3), "eye_open": r.uniform(0.6, 1.4),
-        "eye_y": r.uniform(-0.2, -0.04), "eye_tilt": r.uniform(-0.03, 0.03),
+        "width": shape("width"), "jaw": shape("jaw"),
+        "eye_gap": shape("eye_gap"), "eye_size": shape("eye_size"), "eye_open": shape("eye_open"),
+        "eye_y": shape("eye_y"), "eye_tilt": r.uniform(-0.03, 0.03),
         "iris": np.clip(np.array(people.IRIS[r.integers(len(people.IRIS))]) * r.uniform(0.7, 1.3), 0, 1),
-        "brow": r.uniform(0.025, 0.08), "brow_lift": r.uniform(0.17, 0.27), "brow_arch": r.uniform(0.0, 0.14),
+        "brow": shape("brow"), "brow_lift": shape("brow_lift"), "brow_arch": r.uniform(0.0, 0.14),
         "brow_tilt": r.uniform(-0.15, 0.15), "brow_dark": float(skin.mean() < 0.5),  # brows show on dark skin
-        "nose_length": r.uniform(0.16, 0.38), "nose_width": r.uniform(0.05, 0.1),
-        "mouth_width": r.uniform(0.18, 0.36), "mouth_y": r.uniform(0.5, 0.68), "lip_size": r.uniform(0.7, 1.4),
+        "nose_length": shape("nose_length"), "nose_width": shape("nose_width"),
+        "mouth_width": shape("mouth_width"), "mouth_y": shape("mouth_y"), "lip_size": shape("lip_size"),
         "lips": np.clip(np.array([0.65, 0.30, 0.30]) * r.uniform(0.65, 1.15) + r.uniform(-0.05, 0.05, 3), 0, 1),
-        "ear_size": r.uniform(0.8, 1.25), "cheek_x": r.uniform(0.45, 0.65), "blush": r.uniform(0, 1) ** 2,
+        "ear_size": shape("ear_size"), "cheek_x": shape("cheek_x"), "blush": r.uniform(0, 1) ** 2,
         "beard": float(beard), "moustache": float(moustache or beard),
         "mole": float(r.random() < 0.35), "mole_x": r.uniform(-0.45, 0.45), "mole_y": r.uniform(-0.05, 0.5),
         "glasses": r.random() < 0.15, "hat": False, "hat_color": np.zeros(3),

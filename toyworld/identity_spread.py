@@ -26,11 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from toyworld import identities, world as toy  # noqa: E402
 
-# identities.identity's geometric ranges (head half-heights), which stretching widens
-GEOMETRY = {"width": (0.62, 0.92), "jaw": (0.0, 0.5), "eye_gap": (0.25, 0.40), "eye_size": (0.8, 1.3),
-            "eye_open": (0.6, 1.4), "eye_y": (-0.2, -0.04), "nose_length": (0.16, 0.38), "nose_width": (0.05, 0.1),
-            "mouth_width": (0.18, 0.36), "mouth_y": (0.5, 0.68), "lip_size": (0.7, 1.4), "brow": (0.025, 0.08),
-            "brow_lift": (0.17, 0.27), "ear_size": (0.8, 1.25), "cheek_x": (0.45, 0.65)}
+GEOMETRY = identities.GEOMETRY   # the features stretching widens, with their ranges
 
 
 def stretched(seed: int, k: float) -> dict:
