@@ -33,6 +33,9 @@ def test_the_pretraining_generator_refuses_held_out_identity_seeds():
 def test_an_identity_is_its_seed_and_each_video_draws_its_own_nuisance():
     a, b = identities.identity(1_000_123), identities.identity(1_000_123)
     assert all(np.array_equal(a[k], b[k]) for k in a)
+    protocol_person = identities.identity(1_000_003)   # pinned: the protocol's results are of these people
+    assert (protocol_person["width"], protocol_person["cheek_x"], protocol_person["mole_y"]) == pytest.approx(
+        (0.8035539833360128, 0.45845476515413003, 0.05837007859938592), abs=1e-12)
     other = identities.identity(1_000_124)
     assert any(not np.array_equal(a[k], other[k]) for k in ("skin", "width", "eye_gap", "nose_length"))
     videos, _, _ = identities.render_identity_videos([1_000_123] * 2, toy.ToyWorld("cpu", seed=1), 3, 64,
