@@ -140,21 +140,22 @@ def main(argv=None) -> dict:
         if run == "main":
             main_rows = rows
     rows = main_rows
+    table_long, paired_long = claims.run_statistics(rows["long"], list(VARIANTS)) if rows["long"] else (None, None)
 
     results = {"identities": identities, "train_args": args.train_arg, "judge": args.judge if args.ablations else None,
                "base_check": base, "setup": setup,
                "table_9": summaries["main"],
-               "table_long": evaluate.summarize(rows["long"], list(VARIANTS)) if rows["long"] else None,
+               "table_long": table_long,
                "table_people": evaluate.summarize(rows["people"], list(VARIANTS)) if rows["people"] else None,
                "per_identity_9": {n: evaluate.summarize([r for r in rows["9"] if r["identity"] == n], list(VARIANTS))
                                   for n in identities},
                "paired_9": paired["main"],
-               "paired_long": claims.run_statistics(rows["long"], list(VARIANTS))[1] if rows["long"] else None,
+               "paired_long": paired_long,
                "ablations": population.ablation_tables(summaries, args.judge, paired) if args.ablations else None}
     results["identity_fade"] = claims.identity_fade(rows["long"]) if rows["long"] else None
     results["claims"] = claims.check_claims(results["table_9"], results["table_long"], results["table_people"],
                                             setup["long_frames"], results["paired_9"], results["identity_fade"])
-    results["repository"] = {n: repository_scatter(out / n.replace("/", "_")) for n in identities}
+    results["repository"] = {n: repository_scatter(population.run_folder(out, n)) for n in identities}
     text = report(results)
     print(text)
     (out / "results.md").write_text(text)

@@ -26,13 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from toyworld import identities, world as toy  # noqa: E402
 
-GEOMETRY = identities.GEOMETRY   # the features stretching widens, with their ranges
-
-
 def stretched(seed: int, k: float) -> dict:
-    """identities.identity(seed) with every GEOMETRY feature moved k times as far from its range's middle."""
+    """identities.identity(seed), each identities.GEOMETRY feature k times as far from its range's middle."""
     look = identities.identity(seed)
-    for key, (low, high) in GEOMETRY.items():
+    for key, (low, high) in identities.GEOMETRY.items():
         middle = (low + high) / 2
         look[key] = float(middle + k * (look[key] - middle))
     look["width"] = float(np.clip(look["width"], 0.5, 1.0))

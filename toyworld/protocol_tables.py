@@ -50,14 +50,12 @@ def main(argv=None) -> str:
                    help="an ablation run (protocol.ABLATIONS name) whose main runs are in FOLDER")
     args = p.parse_args(argv)
     identities = [f"procedural_{s}" for s in protocol.load_protocol()["identities"]]
-    runs = {"main": protocol.run_folder(args.main, identities[0]).parent}   # run name -> folder of its main runs
     folders = {"main": {i: protocol.run_folder(args.main, i) for i in identities}}
     for name in [*protocol.ABLATIONS, "with judge"]:   # made beside the main runs by --ablations
         if protocol.run_folder(args.main, identities[0], name).is_dir():
             folders[name] = {i: protocol.run_folder(args.main, i, name) for i in identities}
     for text in args.run:
         name, _, folder = text.partition("=")
-        runs[name] = Path(folder)
         folders[name] = {i: protocol.run_folder(Path(folder), i) for i in identities}
 
     rows = {name: [r for i, d in dirs.items() for r in cached_rows(d, "eval", i)] for name, dirs in folders.items()}
