@@ -34,8 +34,11 @@ def test_an_identity_is_its_seed_and_each_video_draws_its_own_nuisance():
     a, b = identities.identity(1_000_123), identities.identity(1_000_123)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     protocol_person = identities.identity(1_000_003)   # pinned: the protocol's results are of these people
-    assert (protocol_person["width"], protocol_person["cheek_x"], protocol_person["mole_y"]) == pytest.approx(
-        (0.8035539833360128, 0.45845476515413003, 0.05837007859938592), abs=1e-12)
+    assert [protocol_person[k] for k in identities.GEOMETRY] == pytest.approx(
+        [0.803553983336, 0.39466198715, 0.336693904353, 0.985268527769, 1.026540562636, -0.187904537739, 0.16075300773,
+         0.085473289133, 0.188922966076, 0.567385047721, 1.034070069579, 0.049348631453, 0.25274273759, 0.921189727004,
+         0.458454765154], abs=1e-11)
+    assert protocol_person["mole_y"] == pytest.approx(0.05837007859938592, abs=1e-12)   # the draws after them too
     other = identities.identity(1_000_124)
     assert any(not np.array_equal(a[k], other[k]) for k in ("skin", "width", "eye_gap", "nose_length"))
     videos, _, _ = identities.render_identity_videos([1_000_123] * 2, toy.ToyWorld("cpu", seed=1), 3, 64,

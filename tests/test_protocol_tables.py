@@ -97,6 +97,9 @@ def test_ablation_tables_put_each_run_in_its_row_with_its_paired_difference():
                 if line.startswith("| ") and not line.startswith("| row")}
 
     table2, table3 = (table_rows(t) for t in protocol.ablation_tables(summaries, "clip:x", paired).split("## Table 3"))
+    header = next(line for line in protocol.ablation_tables(summaries, "clip:x", paired).splitlines()
+                  if line.startswith("| row"))
+    assert header.endswith("| Δr_id paired | Δr_dyn paired |")
     # columns: row, n, r_id, face_hit_rate, r_dyn, dynamic_degree, Δr_id, Δr_dyn
     expected2 = {"none (identity stage)": ("1.100 [1.090, 1.110]", "—", "— |"),
                  "identity": ("1.200 [1.190, 1.210]", "+0.020 [+0.002, +0.020]", "+0.200 [+0.050, +0.200] |"),

@@ -12,6 +12,7 @@ round, and the adapters it samples with), optimize (each stage's LoRA when it en
     final LoRA, and report.html shows each row's own numbers.
 """
 
+import gc
 import json
 import math
 
@@ -24,6 +25,7 @@ from skimage import data
 import evaluate
 import train
 from repository import Repository
+from run import RunFolderError, RunLock
 
 K = 2  # --videos-per-prompt
 ARGV = ["--model", "tiny", "--frames", "5", "--height", "64", "--width", "64", "--identity-steps", "2",
@@ -73,10 +75,17 @@ def watched_run(tmp_path_factory):
         patch.setattr(train, "build_repository", build_repository)
         patch.setattr(train, "optimize", optimize)
         patch.setattr(evaluate, "evaluate", evaluate_)
+        gc.disable()   # no collection may free the run's lock behind train()'s back: it must let it go itself
         try:
             out = train.train(train.parse_args(["--ref", str(folder / "astronaut.png"), "--out", str(folder / "run"),
                                                 *ARGV]))
+            try:
+                RunLock(str(out)).release()
+                seen["lock after the run"] = "free"
+            except RunFolderError:
+                seen["lock after the run"] = "held"
         finally:
+            gc.enable()
             torch.set_flush_denormal(False)  # train() sets it for its process; the other tests expect the default
     return out, seen
 
@@ -128,7 +137,8 @@ def test_a_resume_keeps_each_rounds_pairs(watched_run):
     """Resuming the finished run (its repository now holds round 1's videos too) must not choose round 0's pairs
     again from them (it did: pairs_round0.json was rewritten with pairs of round-1 videos). In this process, so
     the finished run must have let its folder's lock go. Last in this file: it resumes the shared run."""
-    out, _ = watched_run
+    out, seen = watched_run
+    assert seen["lock after the run"] == "free"   # a finished train() lets its folder go (RunLock.release)
     before = {name: (out / name).read_text() for name in ("pairs_round0.json", "pairs_round1.json")}
     assert any(e["seed"] >= 1000 for e in Repository(out / "repository").entries())   # round 1's videos are there
     try:
